@@ -1,0 +1,47 @@
+"""The ``finecaption`` command: one sub-command per job, each defined beside the code it drives.
+
+Every module listed in ``COMMAND_MODULES`` exposes ``add_command(subparsers)``, which adds its
+sub-parser and sets ``func`` (called with the parsed namespace, returning an exit status).
+Those modules keep their heavy imports (torch, transformers) inside functions, so
+``finecaption tasks-dir`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def tasks_dir() -> str:
+    """The folder of the shipped lmms-eval tasks, for ``lmms-eval --include_path``."""
+    from importlib.resources import files
+
+    return str(files("finecaption_plugin.tasks"))
+
+
+def _print_tasks_dir(_: argparse.Namespace) -> int:
+    print(tasks_dir())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finecaption", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    tasks = subparsers.add_parser("tasks-dir", help="print the lmms-eval tasks folder shipped in the package")
+    tasks.set_defaults(func=_print_tasks_dir)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

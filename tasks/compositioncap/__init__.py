@@ -1,0 +1,1 @@
+"""CompositionCap regional-captioning tasks (AARC, RDC, global)."""
