@@ -1,0 +1,272 @@
+"""FineCaption as an lmms-eval model: ``lmms-eval --model finecaption --model_args pretrained=DIR``.
+
+Two classes share one batched generation path: ``FineCaptionChat`` (lmms-eval's default slot, fed
+``doc_to_messages``) and ``FineCaption`` (``--force_simple``, fed ``doc_to_text``/``doc_to_visual``).
+A region reaches the model through the visual itself: an RGBA image whose alpha channel is the mask
+(``visual_prompts.image_with_mask_alpha``); an image without alpha means the whole image.
+
+Model args (``--model_args key=value,...``): ``pretrained`` (local checkpoint folder), ``dtype``
+(``auto``, ``float32``, ``bfloat16``, ``float16``), ``device``, ``device_map``, ``attn_implementation``,
+``load_in_4bit``/``load_in_8bit`` (bitsandbytes; vision side, projector and lm_head stay unquantised),
+``max_new_tokens`` (overrides the task's), ``system_prompt`` (text or a file), ``use_cache``.
+``--batch_size N`` batches requests with equal generation settings (left padding); results come
+back in request order. Under ``torchrun``/``accelerate launch`` each process takes its share.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from lmms_eval import utils
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.protocol import ChatMessages
+from PIL import Image
+from tqdm import tqdm
+
+from .visual_prompts import mask_from_alpha
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+IMAGE_TOKEN = "<image>"
+
+
+class FineCaption(lmms):
+    """FineCaption for simple requests ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``."""
+
+    is_simple = True
+    _gen_kwargs_index = 1
+
+    def __init__(
+        self,
+        pretrained: str,
+        dtype: str = "auto",
+        device: str | None = None,
+        device_map: str | None = None,
+        attn_implementation: str | None = None,
+        load_in_4bit: bool = False,
+        load_in_8bit: bool = False,
+        max_new_tokens: int | None = None,
+        batch_size: int | str = 1,
+        system_prompt: str | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        import finecaption_plugin  # noqa: F401  (registers the Auto classes)
+
+        from .lora import quantization_config
+
+        if not Path(pretrained).is_dir():
+            raise ValueError(f"pretrained={pretrained!r} is not a folder: give a local checkpoint folder")
+        if str(batch_size).startswith("auto"):
+            raise ValueError("--batch_size auto is not supported by finecaption: give a number")
+        if load_in_4bit and load_in_8bit:
+            raise ValueError("choose one of load_in_4bit and load_in_8bit")
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r}: expected auto or one of {', '.join(DTYPES)}")
+        torch_dtype = DTYPES.get(dtype, "auto")
+
+        self.accelerator = Accelerator()
+        self._rank = self.accelerator.process_index
+        self._world_size = self.accelerator.num_processes
+        # Several processes: one device each (accelerate picks cuda:LOCAL_RANK, or the CPU).
+        self._device = torch.device(device if device and self._world_size == 1 else self.accelerator.device)
+        bits = 4 if load_in_4bit else 8 if load_in_8bit else 16
+        compute_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16
+        quantization = quantization_config(bits, "nf4", True, compute_dtype)
+        if device_map is None and quantization is not None:
+            device_map = {"": str(self._device)}  # bitsandbytes quantises while placing the weights
+        self._model = AutoModelForImageTextToText.from_pretrained(
+            pretrained,
+            dtype=torch_dtype,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            quantization_config=quantization,
+        )
+        if device_map is None:
+            self._model.to(self._device)
+        else:
+            self._device = self._model.device
+        self._model.eval()
+        self.processor = AutoProcessor.from_pretrained(pretrained)
+        self.processor.tokenizer.padding_side = "left"
+        self.batch_size_per_gpu = int(batch_size)
+        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
+        self.system_prompt = self._resolve_system_prompt(system_prompt)
+        self.use_cache = bool(use_cache)
+        logger.info(
+            "FineCaption from %s on %s (rank %d of %d)",
+            pretrained,
+            self._device,
+            self._rank,
+            self._world_size,
+        )
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    # -- requests -> (messages, images) ----------------------------------------------------------------
+
+    def _request_messages(self, args: tuple) -> tuple[list[dict], list[Image.Image]]:
+        """The chat messages (HF format) and the images of one request."""
+        return self._simple_request_messages(args)
+
+    def _simple_request_messages(self, args: tuple) -> tuple[list[dict], list[Image.Image]]:
+        """Messages and images of ``(context, _, doc_to_visual, doc_id, task, split)``."""
+        context, _, doc_to_visual, doc_id, task, split = args
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
+        visuals = list(visuals or [])
+        content = [{"type": "image"} for _ in visuals]
+        content.append({"type": "text", "text": context.replace(IMAGE_TOKEN, "").strip()})
+        return [{"role": "user", "content": content}], visuals
+
+    def _inputs(
+        self, requests: Sequence[tuple], parse=None
+    ) -> tuple[list[str], list[Image.Image], list[Any]]:
+        """Prompt texts, RGB images and masks (None: whole image) of requests parsed by ``parse``."""
+        parse = parse or self._request_messages
+        texts, images, masks = [], [], []
+        for args in requests:
+            messages, visuals = parse(args)
+            messages = self._apply_system_prompt(messages, self.system_prompt)
+            texts.append(
+                self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            )
+            for visual in visuals:
+                if not isinstance(visual, Image.Image):
+                    raise TypeError(
+                        f"finecaption takes PIL images, got {type(visual).__name__} "
+                        f"(task {args[-2]!r}, doc {args[-3]})"
+                    )
+                masks.append(mask_from_alpha(visual))
+                images.append(visual.convert("RGB"))
+        return texts, images, masks
+
+    def _encode(self, texts: list[str], images: list[Image.Image], masks: list[Any]):
+        inputs = self.processor(
+            text=texts,
+            images=images or None,
+            masks=masks if images else None,
+            return_tensors="pt",
+            padding=True,
+        )
+        return inputs.to(self.device, dtype=self.model.dtype)
+
+    # -- generation ------------------------------------------------------------------------------------
+
+    def _generation_settings(self, gen_kwargs: dict) -> tuple[dict, list[str]]:
+        """``generate()`` keyword arguments and stop strings from lmms-eval's generation kwargs."""
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else [stop for stop in until if stop]
+        max_new_tokens = self.max_new_tokens or int(gen_kwargs.get("max_new_tokens", 256))
+        temperature = float(gen_kwargs.get("temperature") or 0.0)
+        settings = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": int(gen_kwargs.get("num_beams") or 1),
+            "do_sample": temperature > 0,
+            "use_cache": self.use_cache,
+        }
+        if temperature > 0:
+            settings["temperature"] = temperature
+            if gen_kwargs.get("top_p") is not None:
+                settings["top_p"] = float(gen_kwargs["top_p"])
+        return settings, until
+
+    @torch.inference_mode()
+    def _generate(self, requests: Sequence[tuple], gen_kwargs: dict) -> list[str]:
+        """Answers to a batch of requests that share ``gen_kwargs``."""
+        settings, until = self._generation_settings(gen_kwargs)
+        inputs = self._encode(*self._inputs(requests))
+        output = self.model.generate(**inputs, **settings)
+        answers = self.tokenizer.batch_decode(
+            output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        return [_cut(answer, until).strip() for answer in answers]
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        arguments = [request.args for request in requests]
+        index = self._gen_kwargs_index
+        # Longest prompts first (one padding length per batch), batches share generation settings.
+        collator = utils.Collator(
+            arguments,
+            lambda args: (-len(args[0]), args[-3]),
+            group_fn=lambda args: args[index],
+            grouping=True,
+        )
+        answers: list[str] = []
+        progress = tqdm(total=len(arguments), disable=self.rank != 0, desc="FineCaption responding")
+        for batch in collator.get_batched(n=self.batch_size):
+            batch_answers = self._generate(batch, batch[0][index])
+            for args, answer in zip(batch, batch_answers, strict=True):
+                self.cache_hook.add_partial("generate_until", (args[0], args[index]), answer)
+            answers.extend(batch_answers)
+            progress.update(len(batch))
+        progress.close()
+        return collator.get_original(answers)
+
+    @torch.inference_mode()
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """Log-probability of each continuation after its prompt, and whether it is the greedy one."""
+        results = []
+        for request in tqdm(requests, disable=self.rank != 0, desc="FineCaption scoring"):
+            context, continuation, doc_to_visual, doc_id, task, split = request.args
+            if callable(continuation):
+                continuation = continuation(self.task_dict[task][split][doc_id])
+            simple_args = (context, None, doc_to_visual, doc_id, task, split)
+            inputs = self._encode(*self._inputs([simple_args], parse=self._simple_request_messages))
+            target = self.tokenizer(continuation, add_special_tokens=False, return_tensors="pt").input_ids
+            target = target.to(self.device)
+            prompt_length = inputs["input_ids"].shape[1]
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            logits = self.model(**inputs).logits[:, prompt_length - 1 : -1].float()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            score = log_probs.gather(-1, target[..., None]).sum().item()
+            results.append((score, bool((logits.argmax(-1) == target).all())))
+        return results
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
+        raise NotImplementedError("finecaption answers single-turn requests only")
+
+
+class FineCaptionChat(FineCaption):
+    """FineCaption for chat requests ``(context, doc_to_messages, gen_kwargs, doc_id, task, split)``."""
+
+    is_simple = False
+    _gen_kwargs_index = 2
+
+    def _request_messages(self, args: tuple) -> tuple[list[dict], list[Image.Image]]:
+        _, doc_to_messages, _, doc_id, task, split = args
+        chat = ChatMessages(messages=doc_to_messages(self.task_dict[task][split][doc_id]))
+        images, videos, audios = chat.extract_media()
+        if videos or audios:
+            raise ValueError(f"finecaption takes images and text only (task {task!r}, doc {doc_id})")
+        return chat.to_hf_messages(), images
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first of ``stops``."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text
