@@ -2,8 +2,8 @@
 
 Every module listed in ``COMMAND_MODULES`` exposes ``add_command(subparsers)``, which adds its
 sub-parser and sets ``func`` (called with the parsed namespace, returning an exit status).
-Those modules keep their heavy imports (torch, transformers) inside functions, so
-``finecaption tasks-dir`` answers at once.
+Those modules keep their heavy imports (the model, training, metrics) inside functions, so
+building the parser stays cheap.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "finecaption_plugin.info",
+    "finecaption_plugin.tiny",
+)
 
 
 def tasks_dir() -> str:

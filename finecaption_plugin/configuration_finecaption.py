@@ -1,0 +1,224 @@
+"""FineCaption configuration: LLaVA-HR's dual-resolution vision tower with an Alpha-CLIP mask branch."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedConfig, SamVisionConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# The slow (ConvNeXt) and SAM paths both end at output stride 32: one image token per 32x32 pixels.
+SLOW_OUTPUT_STRIDE = 32
+
+_CLIP_L_336 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=768,
+)
+_LLAMA_3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128257,  # LLaMA-3's 128,256 tokens plus the added "<image>"
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    bos_token_id=128000,
+    eos_token_id=[128001, 128009],
+)
+_SAM_VIT_L = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    global_attn_indexes=[5, 11, 17, 23],
+    output_channels=256,
+    patch_size=16,
+    window_size=14,
+)
+_FINECAPTION_8B = dict(
+    vision_config=_CLIP_L_336,
+    text_config=_LLAMA_3_8B,
+    slow_depths=[3, 3, 27, 3],
+    slow_dims=[192, 384, 768, 1536],
+    slow_norm_eps=1e-6,
+    image_size=1024,
+    image_token_id=128256,
+    pad_token_id=128004,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Same code path as the full model at toy widths: 4 CLIP layers (4 adapter groups of 1), a 4-stage ConvNeXt,
+    # a 2-layer LLaMA; 128 px images give a 4x4 grid, i.e. 16 image tokens. vocab_size matches `tiny.py`.
+    "tiny": dict(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            hidden_act="quick_gelu",
+            projection_dim=16,
+        ),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=384,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        ),
+        sam_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            global_attn_indexes=[1],
+            output_channels=16,
+            patch_size=16,
+            window_size=4,
+            num_pos_feats=8,
+            mlp_dim=64,
+        ),
+        slow_depths=[1, 1, 2, 1],
+        slow_dims=[8, 16, 24, 32],
+        image_size=128,
+        fast_min_image_size=28,
+        image_token_id=3,
+        pad_token_id=2,
+    ),
+    "finecaption-8b": _FINECAPTION_8B,
+    "finecaption-x": dict(_FINECAPTION_8B, slow_depths=[3, 4, 30, 3], slow_dims=[384, 768, 1536, 3072], slow_norm_eps=1e-5),
+    "finecaption-paper": dict(_FINECAPTION_8B, sam_config=_SAM_VIT_L, use_sam_tower=True),
+}
+
+
+@strict
+class FineCaptionConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`FineCaptionForConditionalGeneration`].
+
+    The vision side is LLaVA-HR's mixture-of-resolution encoder: a CLIP ViT on a downscaled copy of the image
+    (the *fast* path), a timm ConvNeXt on the full `image_size` image (the *slow* path), three MR-Adapters that
+    inject slow features after CLIP layer groups 1-3, and a final fusion. FineCaption adds a zero-initialised
+    Alpha-CLIP mask convolution on the CLIP patch embedding (and, optionally, on the ConvNeXt stem), so an
+    untrained mask branch leaves every output unchanged. With `use_sam_tower`, a SAM ViT runs beside the
+    ConvNeXt and their maps are concatenated along channels (the paper's own figure).
+
+    Args:
+        vision_config: CLIP vision tower (the fast path).
+        text_config: LLaMA language model.
+        sam_config: SAM ViT tower, used when `use_sam_tower` is set; its `image_size` follows `image_size`.
+        slow_depths, slow_dims, slow_norm_eps: ConvNeXt stages (timm names), e.g. ConvNeXt-L `[3, 3, 27, 3]`,
+            `[192, 384, 768, 1536]`.
+        image_size: side S of the square input; the model sees `(S / 32) ** 2` image tokens.
+        fast_min_image_size: lower bound of the fast path's input side, `max(S / 32 * patch, this)` (336 in
+            LLaVA-HR).
+        use_sam_tower: add the SAM tower to the slow path (channel concatenation).
+        slow_mask_embedding: add a zero-init mask convolution to the ConvNeXt stem as well.
+        mask_mean, mask_std: Alpha-CLIP's normalisation of the 0/1 mask.
+        image_token_id: id of the `<image>` token that the processor expands to the image tokens.
+        projector_hidden_act: activation of the `mlp2x_gelu` projector.
+    """
+
+    model_type = "finecaption"
+    sub_configs_defaults: ClassVar = {
+        "vision_config": SubConfigSpec(config_class=CLIPVisionConfig, init_kwargs=_CLIP_L_336),
+        "text_config": SubConfigSpec(config_class=LlamaConfig),
+        "sam_config": SubConfigSpec(config_class=SamVisionConfig, init_kwargs=_SAM_VIT_L),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    sam_config: dict | PreTrainedConfig | None = None
+    slow_depths: list[int] | tuple[int, ...] = (3, 3, 27, 3)
+    slow_dims: list[int] | tuple[int, ...] = (192, 384, 768, 1536)
+    slow_norm_eps: float = 1e-6
+    image_size: int = 1024
+    fast_min_image_size: int = 336
+    use_sam_tower: bool = False
+    slow_mask_embedding: bool = False
+    mask_mean: float = 0.5
+    mask_std: float = 0.26
+    image_token_id: int = 128256
+    pad_token_id: int | None = None
+    projector_hidden_act: str = "gelu"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.slow_depths = list(self.slow_depths)
+        self.slow_dims = list(self.slow_dims)
+        self.sam_config.image_size = self.image_size
+        self.validate_geometry()
+
+    def validate_geometry(self) -> None:
+        """Raise a `ValueError` for shapes the dual path cannot align."""
+        if self.image_size % SLOW_OUTPUT_STRIDE:
+            raise ValueError(f"image_size must be a multiple of {SLOW_OUTPUT_STRIDE}, got {self.image_size}")
+        if self.vision_config.num_hidden_layers % 4:
+            raise ValueError(
+                "the CLIP tower is split in 4 layer groups around the 3 MR-Adapters: num_hidden_layers must be "
+                f"a multiple of 4, got {self.vision_config.num_hidden_layers}"
+            )
+        if len(self.slow_depths) != 4 or len(self.slow_dims) != 4:
+            raise ValueError("slow_depths and slow_dims describe the 4 ConvNeXt stages: give 4 values each")
+        if self.fast_image_size % self.vision_config.patch_size:
+            raise ValueError(
+                f"the fast path's input side {self.fast_image_size} is not a multiple of the CLIP patch size"
+            )
+        fast_grid, slow_grid = self.fast_grid_size, self.grid_size
+        if fast_grid % slow_grid and slow_grid % fast_grid:
+            raise ValueError(f"fast grid {fast_grid} and slow grid {slow_grid} must divide one another")
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the slow feature map, `S / 32`."""
+        return self.image_size // SLOW_OUTPUT_STRIDE
+
+    @property
+    def fast_image_size(self) -> int:
+        """Side the image is resized to for the CLIP path: `max(S / 32 * patch, fast_min_image_size)`."""
+        return max(self.grid_size * self.vision_config.patch_size, self.fast_min_image_size)
+
+    @property
+    def fast_grid_size(self) -> int:
+        return self.fast_image_size // self.vision_config.patch_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens the language model sees: one per cell of the fast grid, LLaVA-HR's output resolution."""
+        return self.fast_grid_size**2
+
+    @property
+    def slow_channels(self) -> int:
+        """Channels of the slow map fed to the adapters: ConvNeXt's last stage, plus SAM's unshuffled neck."""
+        sam_channels = self.sam_config.output_channels * 4 if self.use_sam_tower else 0
+        return self.slow_dims[-1] + sam_channels
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> FineCaptionConfig:
+        """A configuration by preset name (`tiny`, `finecaption-8b`, `finecaption-x`, `finecaption-paper`)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        kwargs = copy.deepcopy(PRESETS[name])
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+                kwargs[key].update(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+__all__ = ["FineCaptionConfig", "PRESETS"]

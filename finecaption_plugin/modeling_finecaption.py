@@ -1,0 +1,408 @@
+"""PyTorch FineCaption: LLaVA-HR's mixture-of-resolution encoder with an Alpha-CLIP mask branch and a LLaMA LM."""
+
+
+import torch
+import torch.nn.functional as F
+from timm.models.convnext import ConvNeXt, ConvNeXtBlock
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPPreTrainedModel, CLIPVisionEmbeddings
+from transformers.models.sam.modeling_sam import SamVisionEncoder
+
+from .configuration_finecaption import FineCaptionConfig
+
+
+def align_to_grid(feature_map: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Bring a `[batch, channels, h, h]` map to `grid_size`, as LLaVA-HR does, and flatten it to tokens.
+
+    Upsampling is bilinear with `align_corners=True` (computed in float32); downsampling is average pooling.
+    Returns `[batch, grid_size ** 2, channels]`.
+    """
+    side = feature_map.shape[-1]
+    if side < grid_size:
+        feature_map = F.interpolate(
+            feature_map.float(), size=(grid_size, grid_size), mode="bilinear", align_corners=True
+        ).to(feature_map.dtype)
+    elif side > grid_size:
+        feature_map = F.avg_pool2d(feature_map, side // grid_size)
+    return feature_map.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """`[batch, g * g, channels]` tokens to a `[batch, channels, g, g]` map."""
+    batch, length, channels = tokens.shape
+    side = int(length**0.5)
+    return tokens.transpose(1, 2).reshape(batch, channels, side, side)
+
+
+def resample_position_embeddings(patch_positions: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """LLaVA-HR's position-embedding resampling: bicubic with antialias over the patch grid.
+
+    `patch_positions` is `[old * old, dim]` (no CLS row); returns `[grid_size ** 2, dim]`.
+    """
+    old = int(patch_positions.shape[0] ** 0.5)
+    if old == grid_size:
+        return patch_positions
+    grid = patch_positions.float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", antialias=True)
+    return grid.permute(0, 2, 3, 1).reshape(grid_size * grid_size, -1).to(patch_positions.dtype)
+
+
+class FineCaptionMaskEmbedding(nn.Conv2d):
+    """Alpha-CLIP's `conv1_alpha`: a bias-free patch convolution on the normalised mask, zero at init."""
+
+    def __init__(self, out_channels: int, patch_size: int):
+        super().__init__(1, out_channels, kernel_size=patch_size, stride=patch_size, bias=False)
+
+
+class FineCaptionMRAdapter(nn.Module):
+    """LLaVA-HR's MR-Adapter (`S2FStitchAlignModuleV2`): gated injection of slow features into fast tokens.
+
+    With `H = slow_proj(gelu(slow_conv(F_h)))` aligned to the fast grid and
+    `L = F_l + fast_proj(gelu(fast_conv(F_l)))`, it returns `L + tanh(gate(mean(concat[L, H]))) * H`.
+    `slow_proj` and `fast_proj` start at zero, so a fresh adapter is the identity.
+    """
+
+    def __init__(self, fast_dim: int, slow_dim: int):
+        super().__init__()
+        self.slow_conv = nn.Conv2d(slow_dim, slow_dim, 1)
+        self.slow_proj = nn.Conv2d(slow_dim, fast_dim, 1)
+        self.fast_conv = nn.Conv2d(fast_dim, fast_dim, 7, padding=3, groups=fast_dim)
+        self.fast_proj = nn.Conv2d(fast_dim, fast_dim, 1)
+        self.gate = nn.Sequential(nn.Linear(fast_dim * 2, fast_dim // 2), nn.GELU(), nn.Linear(fast_dim // 2, 1))
+
+    def forward(self, fast_tokens: torch.Tensor, slow_map: torch.Tensor) -> torch.Tensor:
+        """`fast_tokens` `[batch, g * g, fast_dim]`, `slow_map` `[batch, slow_dim, h, h]` -> `[batch, g * g, fast_dim]`."""
+        fast_map = tokens_to_map(fast_tokens)
+        high = align_to_grid(self.slow_proj(F.gelu(self.slow_conv(slow_map))), fast_map.shape[-1])
+        low = fast_map + self.fast_proj(F.gelu(self.fast_conv(fast_map)))
+        low = low.flatten(2).transpose(1, 2)
+        gate = self.gate(torch.cat([low, high], dim=-1).mean(dim=1)).unsqueeze(1)
+        return low + gate.tanh() * high
+
+
+class FineCaptionFusion(nn.Module):
+    """LLaVA-HR's final fusion (`MultiPathAlignModule`): `fast_proj(F_l) + slow_proj(align(F_h))`."""
+
+    def __init__(self, fast_dim: int, slow_dim: int):
+        super().__init__()
+        self.fast_proj = nn.Linear(fast_dim, fast_dim)
+        self.slow_proj = nn.Linear(slow_dim, fast_dim)
+
+    def forward(self, fast_tokens: torch.Tensor, slow_map: torch.Tensor) -> torch.Tensor:
+        grid = int(fast_tokens.shape[1] ** 0.5)
+        return self.fast_proj(fast_tokens) + self.slow_proj(align_to_grid(slow_map, grid))
+
+
+class FineCaptionFastTower(CLIPPreTrainedModel):
+    """The CLIP ViT of the fast path, in transformers' CLIP names, without CLS output or post-layernorm.
+
+    Being a `CLIPPreTrainedModel`, it keeps CLIP's own weight initialisation.
+    """
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config)
+        self.post_init()
+
+    def embed(self, pixel_values: torch.Tensor, mask_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens of `[batch, 3, F, F]` pixels, plus Alpha-CLIP's mask embedding `[batch, dim, g, g]`.
+
+        The CLS token is dropped (LLaVA-HR drops it right after the embeddings, so only the patch positions matter).
+        Returns `[batch, g * g, dim]` after `pre_layrnorm`.
+        """
+        patch_embedding = self.embeddings.patch_embedding
+        patches = patch_embedding(pixel_values.to(patch_embedding.weight.dtype))
+        if mask_embeds is not None:
+            patches = patches + mask_embeds
+        grid = patches.shape[-1]
+        positions = resample_position_embeddings(self.embeddings.position_embedding.weight[1:], grid)
+        return self.pre_layrnorm(patches.flatten(2).transpose(1, 2) + positions)
+
+
+class FineCaptionSlowTower(nn.Module):
+    """timm's ConvNeXt trunk (`stem` and `stages` only, timm's names) for the full-resolution image."""
+
+    def __init__(self, config: FineCaptionConfig):
+        super().__init__()
+        convnext = ConvNeXt(
+            depths=config.slow_depths, dims=config.slow_dims, norm_eps=config.slow_norm_eps, num_classes=0
+        )
+        self.stem = convnext.stem
+        self.stages = convnext.stages
+        self.gradient_checkpointing = False
+
+    def forward(self, pixel_values: torch.Tensor, mask_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """`[batch, 3, S, S]` (and a stem-level mask embedding) -> `[batch, slow_dims[-1], S / 32, S / 32]`."""
+        stem_conv, stem_norm = self.stem
+        hidden = stem_conv(pixel_values)
+        if mask_embeds is not None:
+            hidden = hidden + mask_embeds
+        hidden = stem_norm(hidden)
+        for stage in self.stages:
+            if self.gradient_checkpointing and self.training:
+                hidden = self._gradient_checkpointing_func(stage.__call__, hidden)
+            else:
+                hidden = stage(hidden)
+        return hidden
+
+
+class FineCaptionVisionTower(nn.Module):
+    """Mask-aware mixture-of-resolution encoder: `[batch, 3, S, S]` image and mask -> `[batch, tokens, clip_dim]`."""
+
+    def __init__(self, config: FineCaptionConfig):
+        super().__init__()
+        self.config = config
+        clip_dim, patch = config.vision_config.hidden_size, config.vision_config.patch_size
+        self.fast_tower = FineCaptionFastTower(config.vision_config)
+        self.fast_mask_embed = FineCaptionMaskEmbedding(clip_dim, patch)
+        self.slow_tower = FineCaptionSlowTower(config)
+        self.slow_mask_embed = (
+            FineCaptionMaskEmbedding(config.slow_dims[0], 4) if config.slow_mask_embedding else None
+        )
+        self.sam_tower = SamVisionEncoder(config.sam_config) if config.use_sam_tower else None
+        self.adapters = nn.ModuleList(
+            [FineCaptionMRAdapter(clip_dim, config.slow_channels) for _ in range(3)]
+        )
+        self.fusion = FineCaptionFusion(clip_dim, config.slow_channels)
+
+    def normalize_mask(self, mask_values: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Alpha-CLIP's normalisation of a `[batch, 1, S, S]` mask in [0, 1]; no mask means the whole image."""
+        if mask_values is None:
+            mask_values = pixel_values.new_ones(pixel_values.shape[0], 1, *pixel_values.shape[-2:])
+        return (mask_values.to(pixel_values.dtype) - self.config.mask_mean) / self.config.mask_std
+
+    def slow_features(self, pixel_values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The slow map `[batch, slow_channels, S / 32, S / 32]`: ConvNeXt, and SAM's unshuffled neck if used."""
+        stem_mask = self.slow_mask_embed(alpha) if self.slow_mask_embed is not None else None
+        slow_map = self.slow_tower(pixel_values, stem_mask)
+        if self.sam_tower is None:
+            return slow_map
+        sam_map = self.sam_tower(pixel_values).last_hidden_state
+        sam_map = F.pixel_unshuffle(sam_map, sam_map.shape[-1] // slow_map.shape[-1])
+        return torch.cat([slow_map, sam_map.to(slow_map.dtype)], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None) -> torch.Tensor:
+        alpha = self.normalize_mask(mask_values, pixel_values)
+        slow_map = self.slow_features(pixel_values, alpha)
+
+        fast_size = (self.config.fast_image_size,) * 2
+        fast_pixels = F.interpolate(pixel_values.float(), size=fast_size, mode="bilinear", align_corners=True)
+        fast_alpha = F.interpolate(alpha.float(), size=fast_size, mode="bilinear", align_corners=True)
+        fast_tokens = self.fast_tower.embed(
+            fast_pixels.to(pixel_values.dtype), self.fast_mask_embed(fast_alpha.to(pixel_values.dtype))
+        )
+
+        layers = self.fast_tower.encoder.layers
+        group = len(layers) // 4
+        for index, layer in enumerate(layers):
+            fast_tokens = layer(fast_tokens, None)
+            if (index + 1) % group == 0 and index + 1 < len(layers):
+                fast_tokens = self.adapters[index // group](fast_tokens, slow_map)
+        return self.fusion(fast_tokens, slow_map)
+
+
+class FineCaptionMultiModalProjector(nn.Module):
+    """LLaVA's `mlp2x_gelu` projector: `[..., clip_dim]` -> `[..., text_hidden]`."""
+
+    def __init__(self, config: FineCaptionConfig):
+        super().__init__()
+        text_hidden = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_hidden)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_hidden, text_hidden)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class FineCaptionPreTrainedModel(PreTrainedModel):
+    config: FineCaptionConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    # The dual path mixes fast and slow features at every adapter: keep the vision tower on one device.
+    _no_split_modules = ["FineCaptionVisionTower", "LlamaDecoderLayer"]
+    _skip_keys_device_placement = "cache"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers skips, in code outside its package, modules whose own parameters are all loaded, since such
+        # code may write weights without `transformers.initialization`. Ours uses it (loaded tensors are left alone),
+        # and the MR-Adapters own no direct parameters: the skip would leave their zero-init convolutions random.
+        return cls.is_remote_code()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, FineCaptionMaskEmbedding):
+            init.zeros_(module.weight)
+        elif isinstance(module, FineCaptionMRAdapter):
+            init.xavier_uniform_(module.slow_conv.weight)
+            init.xavier_uniform_(module.fast_conv.weight)
+            for conv in (module.slow_conv, module.fast_conv, module.slow_proj, module.fast_proj):
+                init.zeros_(conv.bias)
+            init.zeros_(module.slow_proj.weight)
+            init.zeros_(module.fast_proj.weight)
+        elif isinstance(module, ConvNeXtBlock) and module.gamma is not None:
+            init.constant_(module.gamma, 1e-6)
+
+
+class FineCaptionModel(FineCaptionPreTrainedModel):
+    """Vision tower, projector and the bare LLaMA decoder; image features replace the `<image>` tokens."""
+
+    def __init__(self, config: FineCaptionConfig):
+        super().__init__(config)
+        self.vision_tower = FineCaptionVisionTower(config)
+        self.multi_modal_projector = FineCaptionMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Projected image features `[batch, image_tokens, text_hidden]` of `[batch, 3, S, S]` pixels and masks."""
+        return self.multi_modal_projector(self.vision_tower(pixel_values, mask_values))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        mask_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values, mask_values)
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(
+                self.image_token_mask(input_ids, inputs_embeds, image_features), image_features
+            )
+        return self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+
+    def image_token_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """`[batch, seq, hidden]` bool mask of the `<image>` positions; their count must match the features."""
+        if input_ids is None:
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+            )
+            is_image = (inputs_embeds == image_embedding).all(-1)
+        else:
+            is_image = input_ids == self.config.image_token_id
+        count, expected = int(is_image.sum()), image_features.shape[0] * image_features.shape[1]
+        if count != expected:
+            raise ValueError(
+                f"the text holds {count} <image> tokens but the images give {expected} features "
+                f"({image_features.shape[0]} images x {image_features.shape[1]} tokens): expand each <image> "
+                "with FineCaptionProcessor"
+            )
+        return is_image.unsqueeze(-1).expand_as(inputs_embeds)
+
+
+class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, GenerationMixin):
+    """FineCaption with a language-modelling head: captions the region under a mask."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: FineCaptionConfig):
+        super().__init__(config)
+        self.model = FineCaptionModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Projected image features `[batch, image_tokens, text_hidden]`."""
+        return self.model.get_image_features(pixel_values, mask_values)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        mask_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """`input_ids` `[batch, seq]` with expanded `<image>` tokens, `pixel_values` `[batch, 3, S, S]`,
+        `mask_values` `[batch, 1, S, S]` in [0, 1] (None: the whole image) -> logits `[batch, seq, vocab]`."""
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            mask_values=mask_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "FineCaptionForConditionalGeneration",
+    "FineCaptionModel",
+    "FineCaptionPreTrainedModel",
+    "FineCaptionVisionTower",
+    "FineCaptionMRAdapter",
+]
