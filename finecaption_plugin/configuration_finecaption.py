@@ -99,7 +99,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         pad_token_id=2,
     ),
     "finecaption-8b": _FINECAPTION_8B,
-    "finecaption-x": dict(_FINECAPTION_8B, slow_depths=[3, 4, 30, 3], slow_dims=[384, 768, 1536, 3072], slow_norm_eps=1e-5),
+    "finecaption-x": dict(
+        _FINECAPTION_8B, slow_depths=[3, 4, 30, 3], slow_dims=[384, 768, 1536, 3072], slow_norm_eps=1e-5
+    ),
     "finecaption-paper": dict(_FINECAPTION_8B, sam_config=_SAM_VIT_L, use_sam_tower=True),
 }
 

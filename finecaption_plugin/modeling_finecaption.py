@@ -77,7 +77,7 @@ class FineCaptionMRAdapter(nn.Module):
         self.gate = nn.Sequential(nn.Linear(fast_dim * 2, fast_dim // 2), nn.GELU(), nn.Linear(fast_dim // 2, 1))
 
     def forward(self, fast_tokens: torch.Tensor, slow_map: torch.Tensor) -> torch.Tensor:
-        """`fast_tokens` `[batch, g * g, fast_dim]`, `slow_map` `[batch, slow_dim, h, h]` -> `[batch, g * g, fast_dim]`."""
+        """`fast_tokens` `[batch, g * g, fast_dim]` and `slow_map` `[batch, slow_dim, h, h]` -> like `fast_tokens`."""
         fast_map = tokens_to_map(fast_tokens)
         high = align_to_grid(self.slow_proj(F.gelu(self.slow_conv(slow_map))), fast_map.shape[-1])
         low = fast_map + self.fast_proj(F.gelu(self.fast_conv(fast_map)))
