@@ -16,6 +16,9 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "finecaption_plugin.info",
     "finecaption_plugin.tiny",
+    "finecaption_plugin.train",
+    "finecaption_plugin.convert",
+    "finecaption_plugin.merge",
 )
 
 

@@ -1,0 +1,323 @@
+"""Training data: LLaVA conversation files with optional masks, and CompositionCap JSONL.
+
+Accepted files (``--data_path``), ``.json`` (a list) or ``.jsonl`` (one record a line):
+
+- LLaVA records ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}...]}`` with an
+  optional ``"mask"``: a CompositionCap base64-gzip string (with the record's ``"height"`` and
+  ``"width"``), a COCO RLE dict, a polygon list, a ``{"bbox": [...]}`` box, or a mask image path
+  relative to ``--image_folder``;
+- CompositionCap records ``{"id", "image", "height", "width", "mask", "task", "attribute", "captions"}``
+  (the evaluation JSONL): one training sample per caption, asked with the task's prompt
+  (`finecaption_plugin.prompts.task_prompt`).
+
+Records are checked when the file is read (structure, conversation, files present), so a bad one stops
+the run before training starts; images and masks are decoded lazily. Every error names the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from .conversation import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN,
+    ConversationError,
+    ConversationTemplate,
+    normalize_turns,
+    tokenize_segments,
+)
+from .masks import MaskError, load_mask
+from .prompts import task_prompt
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A training record that cannot be read, named by its position and id."""
+
+
+def record_name(index: int, record: Any) -> str:
+    record_id = record.get("id") if isinstance(record, dict) else None
+    return f"record {index} ('id' {record_id})"
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a ``.json`` list or a ``.jsonl`` file (one object a line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--data_path {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for line_number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {line_number}: bad JSON: {err}") from None
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: bad JSON: {err}") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{record_name(index, record)}: expected an object, got {type(record).__name__}")
+    return records
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training conversation: ``turns`` [(role, text)] plus its image and mask (both optional)."""
+
+    name: str
+    turns: list
+    image: str | None = None
+    mask: Any = None
+    height: int | None = None
+    width: int | None = None
+
+
+def _compositioncap_samples(index: int, record: dict, template: ConversationTemplate) -> list[Sample]:
+    name = record_name(index, record)
+    captions = record.get("captions")
+    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+        raise DataError(f"{name}: field 'captions': expected a non-empty list of strings")
+    try:
+        prompt = task_prompt(record.get("task"), record.get("attribute"))
+    except ValueError as err:
+        raise DataError(f"{name}: field 'task': {err}") from None
+    samples = []
+    for caption_index, caption in enumerate(captions):
+        conversation = [
+            {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"},
+            {"from": "gpt", "value": caption},
+        ]
+        turns = normalize_turns(conversation, template, has_image=True)
+        samples.append(
+            Sample(
+                f"{name} caption {caption_index}",
+                turns,
+                record.get("image"),
+                record.get("mask"),
+                record.get("height"),
+                record.get("width"),
+            )
+        )
+    return samples
+
+
+def build_samples(
+    records: Sequence[dict], template: ConversationTemplate, image_folder: str | Path | None
+) -> list[Sample]:
+    """Check every record and turn it into samples (CompositionCap records give one per caption)."""
+    samples = []
+    root = Path(image_folder) if image_folder else None
+    for index, record in enumerate(records):
+        name = record_name(index, record)
+        image = record.get("image")
+        if image is not None and not isinstance(image, str):
+            raise DataError(f"{name}: field 'image': expected a path string, got {type(image).__name__}")
+        if image is not None and not _resolve(image, root).is_file():
+            raise DataError(f"{name}: field 'image': file not found: {_resolve(image, root)}")
+        mask = record.get("mask")
+        if mask is not None and image is None:
+            raise DataError(f"{name}: field 'mask': a mask needs an 'image'")
+        if isinstance(mask, str) and _is_mask_path(mask) and not _resolve(mask, root).is_file():
+            raise DataError(f"{name}: field 'mask': file not found: {_resolve(mask, root)}")
+        try:
+            if "conversations" in record:
+                if not isinstance(record["conversations"], list):
+                    raise ConversationError("expected a list of turns")
+                turns = normalize_turns(record["conversations"], template, has_image=image is not None)
+                samples.append(Sample(name, turns, image, mask, record.get("height"), record.get("width")))
+            elif "captions" in record:
+                if image is None:
+                    raise DataError(f"{name}: field 'image': a CompositionCap record needs an image")
+                samples.extend(_compositioncap_samples(index, record, template))
+            else:
+                raise DataError(f"{name}: needs 'conversations' (LLaVA) or 'captions' (CompositionCap)")
+        except ConversationError as err:
+            raise DataError(f"{name}: field 'conversations': {err}") from None
+    if not samples:
+        raise DataError("the training data holds no record")
+    return samples
+
+
+def _resolve(path: str, root: Path | None) -> Path:
+    return root / path if root is not None and not Path(path).is_absolute() else Path(path)
+
+
+def _is_mask_path(value: str) -> bool:
+    # A CompositionCap mask is base64 text; a mask file path has an image suffix.
+    return Path(value).suffix.lower() in Image.registered_extensions()
+
+
+class SupervisedDataset(Dataset):
+    """Samples -> ``input_ids``, ``labels`` (assistant tokens only), ``pixel_values`` `[3, S, S]` and
+    ``mask_values`` `[1, S, S]` (absent for text-only samples)."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        processor,
+        template: ConversationTemplate,
+        image_folder: str | Path | None,
+        model_max_length: int,
+    ):
+        template.check_tokenizer(processor.tokenizer)
+        self.samples = list(samples)
+        self.processor = processor
+        self.template = template
+        self.root = Path(image_folder) if image_folder else None
+        self.model_max_length = model_max_length
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """LLaVA's length estimate per sample: words plus image tokens, negative for text-only samples."""
+        lengths = []
+        for sample in self.samples:
+            words = sum(len(text.split()) for _, text in sample.turns)
+            lengths.append(words + self.processor.num_image_tokens if sample.image else -words)
+        return lengths
+
+    def load_image(self, sample: Sample) -> tuple[Image.Image, np.ndarray | None]:
+        try:
+            with Image.open(_resolve(sample.image, self.root)) as image:
+                image = image.convert("RGB")
+        except OSError as err:
+            raise DataError(f"{sample.name}: field 'image': cannot read {sample.image}: {err}") from None
+        if sample.mask is None:
+            return image, None
+        height, width = sample.height, sample.width
+        if (height, width) != (None, None) and (height, width) != (image.height, image.width):
+            raise DataError(
+                f"{sample.name}: fields 'height'/'width' say {height}x{width}, the image is "
+                f"{image.height}x{image.width}"
+            )
+        try:
+            mask = load_mask(sample.mask, image.height, image.width, root=self.root)
+        except MaskError as err:
+            raise DataError(f"{sample.name}: field 'mask': {err}") from None
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.samples[index]
+        tokenizer = self.processor.tokenizer
+        try:
+            segments = self.template.segments(sample.turns, tokenizer)
+            input_ids, labels = _expand_image_tokens(
+                *tokenize_segments(segments, tokenizer),
+                self.processor.image_token_id,
+                self.processor.num_image_tokens,
+            )
+        except ConversationError as err:
+            raise DataError(f"{sample.name}: field 'conversations': {err}") from None
+        if len(input_ids) > self.model_max_length:
+            input_ids, labels = input_ids[: self.model_max_length], labels[: self.model_max_length]
+            if all(label == IGNORE_INDEX for label in labels) or (
+                sample.image
+                and input_ids.count(self.processor.image_token_id) != self.processor.num_image_tokens
+            ):
+                raise DataError(
+                    f"{sample.name}: longer than --model_max_length {self.model_max_length} tokens, and "
+                    "cutting it would drop the image or every answer token"
+                )
+        item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
+        if sample.image:
+            image, mask = self.load_image(sample)
+            features = self.processor.image_processor(image, masks=mask, return_tensors="pt")
+            item["pixel_values"] = features["pixel_values"][0]
+            item["mask_values"] = features["mask_values"][0]
+        return item
+
+
+def _expand_image_tokens(
+    input_ids: list[int], labels: list[int], image_token_id: int, count: int
+) -> tuple[list[int], list[int]]:
+    """Repeat each image token ``count`` times (the processor's expansion), never trained."""
+    out_ids, out_labels = [], []
+    for token, label in zip(input_ids, labels, strict=True):
+        if token == image_token_id:
+            out_ids.extend([token] * count)
+            out_labels.extend([IGNORE_INDEX] * count)
+        else:
+            out_ids.append(token)
+            out_labels.append(label)
+    return out_ids, out_labels
+
+
+@dataclass
+class DataCollator:
+    """Right-pads a list of dataset items into a batch; images are stacked only for samples that have one."""
+
+    pad_token_id: int
+
+    def __call__(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        longest = max(len(item["input_ids"]) for item in items)
+        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, item in enumerate(items):
+            length = len(item["input_ids"])
+            input_ids[row, :length] = item["input_ids"]
+            labels[row, :length] = item["labels"]
+            attention_mask[row, :length] = 1
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        with_image = [item for item in items if "pixel_values" in item]
+        if with_image:
+            batch["pixel_values"] = torch.stack([item["pixel_values"] for item in with_image])
+            batch["mask_values"] = torch.stack([item["mask_values"] for item in with_image])
+        return batch
+
+
+class ModalityLengthGroupedSampler(Sampler[int]):
+    """LLaVA's ``group_by_modality_length``: batches hold only image samples or only text-only samples, of
+    similar length; batch order is shuffled. Leftovers of both modalities form the last batch."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        batches, leftovers = [], []
+        for modality in (True, False):
+            indices = [i for i, length in enumerate(self.lengths) if (length > 0) == modality]
+            rng.shuffle(indices)
+            # Sort by length inside megabatches of 50 batches: lengths group without a fixed order.
+            megabatch = 50 * self.batch_size
+            for start in range(0, len(indices), megabatch):
+                chunk = sorted(indices[start : start + megabatch], key=lambda i: -abs(self.lengths[i]))
+                whole = len(chunk) // self.batch_size * self.batch_size
+                batches.extend(chunk[i : i + self.batch_size] for i in range(0, whole, self.batch_size))
+                leftovers.extend(chunk[whole:])
+        rng.shuffle(batches)
+        for batch in batches:
+            yield from batch
+        yield from leftovers

@@ -1,0 +1,79 @@
+"""Loading training runs, and ``finecaption merge``: a LoRA run folded into a plain checkpoint.
+
+``finecaption merge --model-path RUN --model-base BASE --save-model-path OUT`` takes LLaVA's
+``scripts/merge_lora_weights.py`` flags: the base model, then the run's ``non_lora_trainables.bin``, then
+its adapter, merged into the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _processor_folder(model_path: Path, base: str | Path) -> Path:
+    return model_path if (model_path / "processor_config.json").is_file() else Path(base)
+
+
+def load_pretrained(model_path: str | Path, model_base: str | Path | None = None, dtype="auto"):
+    """A checkpoint or a training run (full or LoRA) -> ``(model, processor)``.
+
+    A LoRA run (a folder with ``adapter_config.json``) is loaded on ``model_base`` (default: the base it
+    was trained from) with its ``non_lora_trainables.bin``, as a peft ``PeftModel``.
+    """
+    from peft import PeftModel
+    from transformers import AutoProcessor
+
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+    from finecaption_plugin.lora import NON_LORA_FILE, load_non_lora_trainables
+
+    model_path = Path(model_path)
+    adapter_config = model_path / ADAPTER_CONFIG
+    if not adapter_config.is_file():
+        model = FineCaptionForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+        return model, AutoProcessor.from_pretrained(model_path)
+    base = model_base or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{model_path} is a LoRA run without a recorded base model: pass --model-base")
+    model = FineCaptionForConditionalGeneration.from_pretrained(base, dtype=dtype)
+    if (model_path / NON_LORA_FILE).is_file():
+        load_non_lora_trainables(model, model_path / NON_LORA_FILE)
+    model = PeftModel.from_pretrained(model, model_path)
+    return model, AutoProcessor.from_pretrained(_processor_folder(model_path, base))
+
+
+def merge_lora(model_path: str | Path, model_base: str | Path | None, save_model_path: str | Path) -> Path:
+    """Write the merged plain checkpoint (model and processor) of LoRA run ``model_path`` to ``save_model_path``."""
+    model_path = Path(model_path)
+    if not (model_path / ADAPTER_CONFIG).is_file():
+        raise ValueError(f"{model_path} has no {ADAPTER_CONFIG}: not a LoRA run")
+    model, processor = load_pretrained(model_path, model_base)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(save_model_path)
+    processor.save_pretrained(save_model_path)
+    logger.info("merged %s into %s", model_path, save_model_path)
+    return Path(save_model_path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(merge_lora(args.model_path, args.model_base, args.save_model_path))
+    return 0
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "merge", help="merge a LoRA training run into a plain FineCaption checkpoint"
+    )
+    parser.add_argument(
+        "--model-path", required=True, help="the LoRA run (or one of its checkpoint-N folders)"
+    )
+    parser.add_argument("--model-base", help="base checkpoint (default: the one the run was trained from)")
+    parser.add_argument("--save-model-path", required=True, help="output folder")
+    parser.set_defaults(func=_run)

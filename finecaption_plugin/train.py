@@ -1,0 +1,246 @@
+"""``finecaption train``: fine-tune FineCaption with LLaVA's ``train.py`` flags, on transformers' Trainer.
+
+Launch it as LLaVA's script is launched, with only the entry point changed::
+
+    torchrun --nproc_per_node 8 -m finecaption_plugin.train --deepspeed scripts/zero3.json ...
+    deepspeed --module finecaption_plugin.train --deepspeed scripts/zero2.json --bits 4 ...
+    accelerate launch -m finecaption_plugin.train ...
+    finecaption train ...
+
+A LoRA run writes, in every ``checkpoint-N`` and in ``--output_dir``, the adapter, ``config.json`` and
+``non_lora_trainables.bin`` (LLaVA's layout); ``finecaption merge`` folds them into a plain checkpoint.
+A run restarted with the same ``--output_dir`` resumes from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def parse_args(argv: Sequence[str] | None):
+    """LLaVA's three groups of flags -> (ModelArguments, DataArguments, TrainingArguments)."""
+    from transformers import HfArgumentParser
+
+    from finecaption_plugin.training_args import DataArguments, ModelArguments, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="finecaption train")
+    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` was written (Trainer writes it last)."""
+    steps = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / TRAINER_STATE).is_file():
+            steps.append((int(step), path))
+    return max(steps)[1] if steps else None
+
+
+def compute_dtype(training_args):
+    import torch
+
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+
+
+def load_model(model_args, training_args):
+    """The FineCaption checkpoint at ``--model_name_or_path``, quantised for ``--bits 4|8``."""
+    from transformers import AutoConfig
+
+    import finecaption_plugin  # noqa: F401  (registers the model type)
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+    from finecaption_plugin.lora import quantization_config
+
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required")
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    if config.model_type != "finecaption":
+        raise ValueError(
+            f"{model_args.model_name_or_path} is a {config.model_type!r} checkpoint; turn a LLaVA-HR one "
+            "into FineCaption with `finecaption convert --from llava-hr SRC DST`"
+        )
+    dtype = compute_dtype(training_args)
+    quantization = quantization_config(
+        training_args.bits, training_args.quant_type, training_args.double_quant, dtype
+    )
+    kwargs = {}
+    if quantization is not None:
+        # bitsandbytes quantises while loading, on the device that trains.
+        kwargs = {"quantization_config": quantization, "device_map": {"": training_args.device}}
+    return FineCaptionForConditionalGeneration.from_pretrained(
+        model_args.model_name_or_path, config=config, dtype=dtype, cache_dir=training_args.cache_dir, **kwargs
+    )
+
+
+def load_projector(model, path: str) -> None:
+    """Load a stage-1 ``mm_projector.bin`` (LLaVA's or ours) into the projector."""
+    import torch
+
+    from finecaption_plugin.convert import rename_projector_key
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    projector = {rename_projector_key(key): value for key, value in state.items()}
+    missing, unexpected = model.model.multi_modal_projector.load_state_dict(projector, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"--pretrain_mm_mlp_adapter {path}: missing {missing}, unexpected {unexpected}")
+
+
+def build_trainer_class():
+    """`FineCaptionTrainer`, defined lazily so that the CLI starts without importing transformers."""
+    import torch
+    from transformers import Trainer
+
+    from finecaption_plugin.data import ModalityLengthGroupedSampler
+    from finecaption_plugin.lora import save_non_lora_trainables
+
+    class FineCaptionTrainer(Trainer):
+        """Trainer with LLaVA's projector learning rate, modality grouping and non-LoRA checkpoint file."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.group_by_modality_length:
+                dataset = train_dataset if train_dataset is not None else self.train_dataset
+                return ModalityLengthGroupedSampler(
+                    dataset.modality_lengths,
+                    self.args.train_batch_size * self.args.world_size,
+                    self.args.seed,
+                )
+            return super()._get_train_sampler(train_dataset)
+
+        def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+            if self.args.mm_projector_lr is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[bool, bool], list] = {}
+            for name, param in opt_model.named_parameters():
+                if param.requires_grad:
+                    groups.setdefault(("multi_modal_projector" in name, name in decay), []).append(param)
+            param_groups = [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if decayed else 0.0,
+                    **({"lr": self.args.mm_projector_lr} if projector else {}),
+                }
+                for (projector, decayed), params in groups.items()
+            ]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+            return self.optimizer
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            # Runs inside every checkpoint save, before the trainer state that marks it complete.
+            super().save_model(output_dir, _internal_call)
+            if getattr(self.model, "peft_config", None) is None:
+                return
+            output_dir = output_dir or self.args.output_dir
+            save_non_lora_trainables(self.model, output_dir, write=self.args.should_save)
+            if self.args.should_save:
+                self.model.get_base_model().config.save_pretrained(output_dir)
+
+    return FineCaptionTrainer
+
+
+def train(model_args, data_args, training_args) -> Path:
+    """Run (or resume) a training run; returns ``--output_dir``."""
+    from transformers import AutoProcessor
+
+    from finecaption_plugin.conversation import get_template
+    from finecaption_plugin.data import DataCollator, SupervisedDataset, build_samples, read_records
+    from finecaption_plugin.lora import (
+        NON_LORA_FILE,
+        add_lora,
+        load_non_lora_trainables,
+        set_trainable,
+        trained_parts,
+    )
+    from finecaption_plugin.training_args import check_architecture_flags
+
+    template = get_template(model_args.version)
+    parts = trained_parts(model_args, training_args)
+    if not data_args.data_path:
+        raise ValueError("--data_path is required")
+    processor = AutoProcessor.from_pretrained(
+        model_args.model_name_or_path, cache_dir=training_args.cache_dir
+    )
+    processor.image_processor.aspect_ratio = "pad" if data_args.image_aspect_ratio == "pad" else "resize"
+    samples = build_samples(read_records(data_args.data_path), template, data_args.image_folder)
+    dataset = SupervisedDataset(
+        samples, processor, template, data_args.image_folder, training_args.model_max_length
+    )
+    logger.info("%d training samples from %s", len(dataset), data_args.data_path)
+
+    model = load_model(model_args, training_args)
+    check_architecture_flags(model_args, data_args, model.config)
+    model.config.use_cache = False
+    if model_args.pretrain_mm_mlp_adapter:
+        load_projector(model, model_args.pretrain_mm_mlp_adapter)
+    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+        # Non-reentrant checkpointing needs no input gradients through the frozen embeddings.
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if training_args.lora_enable:
+        model = add_lora(model, training_args)
+    counts = set_trainable(model, parts, upcast=not training_args.deepspeed)
+    logger.info("trained parameters per part: %s", {k: v for k, v in counts.items() if v})
+
+    tokenizer = processor.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token to pad batches with")
+    trainer = build_trainer_class()(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=DataCollator(pad_id),
+        processing_class=processor,
+    )
+
+    resume = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
+    if resume is not None:
+        logger.info("resuming from %s", resume)
+        if training_args.lora_enable:
+            # The Trainer restores the adapter only; the fully trained parts come from LLaVA's file.
+            load_non_lora_trainables(model, Path(resume) / NON_LORA_FILE)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    if training_args.should_save:
+        processor.save_pretrained(training_args.output_dir)
+    return Path(training_args.output_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    train(model_args, data_args, training_args)
+    return 0
+
+
+def _run(namespace: argparse.Namespace) -> int:
+    return main(namespace.args)
+
+
+def add_command(subparsers) -> None:
+    # Every flag goes to HfArgumentParser; "+" as prefix keeps argparse from reading "--flags" itself.
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune FineCaption (LLaVA train.py flags + TrainingArguments; --help for all)",
+        add_help=False,
+        prefix_chars="+",
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
