@@ -18,6 +18,7 @@ import base64
 import binascii
 import gzip
 import math
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,6 +120,14 @@ def encode_compositioncap(mask: np.ndarray) -> str:
 # COCO RLE ---------------------------------------------------------------------------------------
 
 
+def _coco_decode(rle: dict) -> np.ndarray:
+    """pycocotools' decode of one validated compressed RLE -> bool [h, w]."""
+    with warnings.catch_warnings():
+        # pycocotools (2.0.11) warns on every decode under numpy 2 about its own __array__ signature.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        return coco_mask.decode(rle) > 0
+
+
 def _rle_string_counts(counts: str) -> list[int]:
     """Run lengths of a COCO compressed RLE string (needed to validate it before decoding)."""
     values: list[int] = []
@@ -181,7 +190,7 @@ def decode_rle(rle: dict, height: int | None = None, width: int | None = None) -
         compressed = coco_mask.frPyObjects(
             {"size": [rle_height, rle_width], "counts": runs}, rle_height, rle_width
         )
-    return _check_shape(coco_mask.decode(compressed) > 0, height, width)
+    return _check_shape(_coco_decode(compressed), height, width)
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -214,7 +223,7 @@ def polygon_to_mask(polygons: Sequence, height: int, width: int) -> np.ndarray:
             )
         checked.append(coords)
     rles = coco_mask.frPyObjects(checked, height, width)
-    return coco_mask.decode(coco_mask.merge(rles)) > 0
+    return _coco_decode(coco_mask.merge(rles))
 
 
 def box_to_mask(box_xyxy: Sequence[float], height: int, width: int) -> np.ndarray:

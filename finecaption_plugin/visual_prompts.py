@@ -3,14 +3,14 @@
 FineCaption reads the mask itself (style ``mask``); baselines need the region marked on the image
 or named in the text. Styles follow the practice of the model's peers:
 
-| style       | image given to the model                                       | prompt            |
-|-------------|----------------------------------------------------------------|-------------------|
-| `mask`      | unchanged RGB, the mask in the alpha channel                   | unchanged         |
+| style       | image given to the model                                       | region phrase        |
+|-------------|----------------------------------------------------------------|----------------------|
+| `mask`      | unchanged RGB, the mask in the alpha channel                   | unchanged            |
 | `bbox`      | red box around the region (lmms-eval RefCOCO, scaled width)    | "inside the red box" |
-| `bbox_text` | unchanged                                                      | normalised box    |
-| `contour`   | thick red outline, the boundary shifted by +-width (ViP-LLaVA) | "outlined in red" |
-| `overlay`   | translucent red fill of the region                             | "highlighted"     |
-| `crop`      | box grown by one box size per side, >= 48 px (DAM focal crop)  | "in the middle"   |
+| `bbox_text` | unchanged                                                      | normalised box       |
+| `contour`   | thick red outline, the boundary shifted by +-width (ViP-LLaVA) | "outlined in red"    |
+| `overlay`   | translucent red fill of the region                             | "highlighted in red" |
+| `crop`      | box grown by one box size per side, >= 48 px (DAM focal crop)  | "in the middle"      |
 
 The prompt refers to the region as ``prompts.DEFAULT_REGION``; that phrase is replaced by the
 style's phrase from ``REGION_PHRASES`` (or the phrase is appended when the prompt lacks it).
@@ -165,10 +165,10 @@ def region_phrase(style: str, box: Box, size: tuple[int, int]) -> str:
 def render_visual_prompt(
     image: Image.Image, mask: np.ndarray | None, style: str, prompt: str
 ) -> tuple[Image.Image, str]:
-    """The image and prompt to give a model for the region ``mask`` (bool [H, W]) shown in ``style``.
+    """The image and prompt to give a model for the region ``mask`` shown in ``style``.
 
-    ``mask=None`` (whole-image tasks) returns the image and prompt unchanged. The input image is
-    never modified.
+    ``mask`` is a bool [H, W] array or any form ``masks.load_mask`` accepts; ``mask=None``
+    (whole-image tasks) returns the image and prompt unchanged. The input image is never modified.
     """
     if style not in _RENDERERS:
         raise ValueError(

@@ -155,6 +155,7 @@ def test_rle_size_checks():
 # Polygons and boxes
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_polygon_matches_pycocotools_and_forms_agree():
     square = [2.0, 2.0, 12.0, 2.0, 12.0, 9.0, 2.0, 9.0]
     triangle = [20, 3, 28, 3, 24, 15]
