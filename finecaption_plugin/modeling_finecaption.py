@@ -192,6 +192,8 @@ class FineCaptionVisionTower(nn.Module):
         return torch.cat([slow_map, sam_map.to(slow_map.dtype)], dim=1)
 
     def forward(self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None) -> torch.Tensor:
+        # The tower may run in another dtype than the language model (fp32 beside an fp16 or 4-bit LLM).
+        pixel_values = pixel_values.to(self.fast_mask_embed.weight.dtype)
         alpha = self.normalize_mask(mask_values, pixel_values)
         slow_map = self.slow_features(pixel_values, alpha)
 
@@ -232,6 +234,9 @@ class FineCaptionPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # The dual path mixes fast and slow features at every adapter: keep the vision tower on one device.
     _no_split_modules = ["FineCaptionVisionTower", "LlamaDecoderLayer"]
+    # transformers adds these to bitsandbytes' skip list, so a plain `BitsAndBytesConfig(load_in_4bit=True)` quantises
+    # only the language model (lm_head is skipped by default); loading in fp16 keeps them in fp32.
+    _keep_in_fp32_modules = [r".*vision_tower", r".*multi_modal_projector"]
     _skip_keys_device_placement = "cache"
     _supports_flash_attn = True
     _supports_sdpa = True

@@ -1,0 +1,43 @@
+"""QLoRA smoke test: 4-bit loading on the CPU quantises only the language model, and LoRA trains through it."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+import finecaption_plugin  # noqa: F401
+from finecaption_plugin.lora import LORA_TARGETS
+
+
+def test_4bit_load_quantises_only_the_language_model_and_lora_backward_runs(tiny_checkpoint):
+    model = AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    )
+    quantised = {name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
+    language_linears = {
+        name for name, module in model.model.language_model.named_modules(prefix="model.language_model")
+        if isinstance(module, torch.nn.Linear)
+    }
+    assert quantised and quantised == language_linears
+    for prefix in ("model.vision_tower", "model.multi_modal_projector", "lm_head"):
+        kept = [name for name, module in model.named_modules() if name.startswith(prefix)]
+        assert kept and not any(name in quantised for name in kept), prefix
+    assert model.model.vision_tower.fast_mask_embed.weight.dtype == torch.float32
+    assert model.model.vision_tower.adapters[0].gate[0].weight.dtype == torch.float32
+
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+    lora_names = [name for name, _ in model.named_parameters() if "lora_" in name]
+    assert lora_names and all(".language_model." in name for name in lora_names)
+
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    inputs = processor(text=["<|begin_of_text|><image>\nDescribe. a red car"], images=[image], return_tensors="pt")
+    loss = model(**inputs, labels=inputs["input_ids"]).loss
+    loss.backward()
+    grads = [p.grad for name, p in model.named_parameters() if "lora_B" in name]
+    assert torch.isfinite(loss) and grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
