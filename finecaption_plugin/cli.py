@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "finecaption_plugin.train",
     "finecaption_plugin.convert",
     "finecaption_plugin.merge",
+    "finecaption_plugin.metrics.command",
 )
 
 

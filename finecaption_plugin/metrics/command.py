@@ -1,0 +1,162 @@
+"""``finecaption score FILE``: caption metrics of a JSONL of predictions, printed and saved as JSON.
+
+Each line is either ``{"prediction": str, "references": [str, ...], "group"?: label}`` or a record of
+an lmms-eval samples log (``*_samples_<task>.jsonl``), whose prediction is ``filtered_resps`` and
+whose references are ``target`` (lmms-eval stores ``str(target)``, so a list of references arrives
+as its Python repr and is read back with ``ast.literal_eval``). The group is the ``--group-field``
+value of the record, looked up at the top level and then inside the per-metric dicts that lmms-eval
+merges into each record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class ScoreFileError(ValueError):
+    """A line of the input file that cannot be read as a scored sample."""
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="score captions (BLEU, METEOR, ROUGE-L, CIDEr, BERTScore) of a JSONL or lmms-eval samples log",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("file", type=Path, help="JSONL of prediction/references[/group] or lmms-eval samples")
+    parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: FILE with .scores.json)")
+    parser.add_argument("--metrics", nargs="+", help="subset of BLEU METEOR ROUGE-L CIDEr BERTScore")
+    parser.add_argument("--group-field", default="group", help="record field giving the group (default: group)")
+    parser.add_argument("--bertscore-model", help="hub name in the local cache or folder (default: offline MiniLM)")
+    parser.add_argument("--bertscore-layer", type=int, help="layer for BERTScore (default: the model's usual one)")
+    parser.add_argument("--device", help="device for BERTScore (default: cuda if available)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .java import JavaNotFoundError
+    from .scores import CaptionInputError, caption_scores
+
+    output = args.output or args.file.with_name(args.file.name.removesuffix(".jsonl") + ".scores.json")
+    try:
+        line_numbers, predictions, references, groups = read_samples(args.file, args.group_field)
+        result = caption_scores(
+            predictions,
+            references,
+            metrics=args.metrics,
+            groups=groups,
+            bertscore_model=args.bertscore_model,
+            bertscore_layer=args.bertscore_layer,
+            device=args.device,
+        )
+    except CaptionInputError as error:
+        where = f" line {line_numbers[error.record]}," if error.record is not None else ""
+        print(f"finecaption score: {args.file}:{where} {error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, JavaNotFoundError) as error:
+        print(f"finecaption score: {args.file}: {error}", file=sys.stderr)
+        return 2
+    write_json(result, output)
+    print(format_table(result))
+    print(f"wrote {output}")
+    return 0
+
+
+def read_samples(
+    path: Path, group_field: str = "group"
+) -> tuple[list[int], list[str], list[list[str]], list[str] | None]:
+    """Line numbers, predictions, references and groups (None when no record has one) of a JSONL."""
+    line_numbers, predictions, references, groups = [], [], [], []
+    with open(path, encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ScoreFileError(f"line {line_number}: not JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise ScoreFileError(f"line {line_number}: expected a JSON object, got {type(record).__name__}")
+            if "prediction" in record:
+                prediction, refs = record["prediction"], record.get("references")
+                if isinstance(refs, str):
+                    refs = [refs]
+            elif "filtered_resps" in record:
+                prediction, refs = _first_text(record["filtered_resps"]), _lmms_eval_references(record.get("target"))
+            else:
+                raise ScoreFileError(
+                    f"line {line_number}: neither 'prediction' nor lmms-eval's 'filtered_resps' is present"
+                )
+            line_numbers.append(line_number)
+            predictions.append(prediction)
+            references.append(refs)
+            groups.append(_group(record, group_field))
+    if not predictions:
+        raise ScoreFileError("no records")
+    if all(group is None for group in groups):
+        return line_numbers, predictions, references, None
+    return line_numbers, predictions, references, ["(none)" if g is None else str(g) for g in groups]
+
+
+def write_json(result: dict, output: Path) -> None:
+    """Write atomically, so an interrupted run never leaves a truncated file."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=output.parent, prefix=output.name, suffix=".partial")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        json.dump(result, file, indent=1, ensure_ascii=False)
+    os.replace(partial, output)
+
+
+def format_table(result: dict) -> str:
+    """One row for all samples and one per group; the scores present in ``result``, x100."""
+    from .scores import SCORE_KEYS
+
+    keys = [key for key in SCORE_KEYS if key in result]
+    rows = [("all", result)] + list(result.get("groups", {}).items())
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{'group':<{width}} {'n':>6} " + " ".join(f"{key:>9}" for key in keys)]
+    for label, scores in rows:
+        lines.append(f"{label:<{width}} {scores['n']:>6} " + " ".join(f"{scores[key]:>9.2f}" for key in keys))
+    if "bertscore" in result:
+        setting = result["bertscore"]
+        verdict = "the paper's setting" if setting["comparable_to_paper"] else "NOT comparable with the paper"
+        lines.append(
+            f"BERTScore: {setting['model']}, layer {setting['layer']}, rescaled={setting['rescaled']} ({verdict})"
+        )
+    return "\n".join(lines)
+
+
+def _first_text(response: object) -> object:
+    # lmms-eval flattens one response to a string, but keeps lists for several requests or filters.
+    while isinstance(response, list):
+        response = response[0] if response else ""
+    return response
+
+
+def _lmms_eval_references(target: object) -> object:
+    if isinstance(target, str) and target.startswith("["):
+        try:
+            parsed = ast.literal_eval(target)
+        except (ValueError, SyntaxError):
+            return [target]
+        if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
+            return parsed
+    return [target] if isinstance(target, str) else target
+
+
+def _group(record: dict, field: str) -> object:
+    if field in record:
+        return record[field]
+    for value in record.values():
+        if isinstance(value, dict) and field in value:
+            return value[field]
+    return None
