@@ -73,8 +73,8 @@ def caption_scores(
     scored: list[Scored] = []
     with ExitStack() as stack:
         # Started first: METEOR's JVM spends seconds loading its paraphrase table while we tokenise.
-        meteor = stack.enter_context(MeteorProcess()) if "METEOR" in selected and n else None
-        if selected - {"BERTScore"} and n:
+        meteor = stack.enter_context(MeteorProcess()) if "METEOR" in selected else None
+        if selected - {"BERTScore"}:
             hypotheses, tokenized_refs = _tokenize(predictions, references)
             pending_meteor = None
             if meteor is not None:
@@ -90,7 +90,7 @@ def caption_scores(
                 scored.append(_meteor(meteor, pending_meteor.result()))
         result = _collect(scored, n, groups)
     if setting is not None:
-        f1 = bert_f1(predictions, references, setting, device=device) if n else []
+        f1 = bert_f1(predictions, references, setting, device=device)
         bert = _collect([({"BERTScore": f1}, _mean_of({"BERTScore": f1}))], n, groups)
         _merge(result, bert)
         result["bertscore"] = setting.describe()
@@ -117,6 +117,8 @@ def _check_inputs(
             f"predictions and references must be sequences of the same length, got "
             f"{type(predictions).__name__} of {len(predictions)} and {len(references)}"
         )
+    if not predictions:
+        raise CaptionInputError("no predictions to score")
     if groups is not None and len(groups) != len(predictions):
         raise CaptionInputError(f"groups has {len(groups)} labels for {len(predictions)} predictions")
     for index, (prediction, refs) in enumerate(zip(predictions, references, strict=True)):
@@ -198,7 +200,7 @@ def _collect(scored: list[Scored], n: int, groups: Sequence[Hashable] | None) ->
     overall: dict[str, float] = {}
     per_sample: dict[str, list[float]] = {}
     for samples, aggregate in scored:
-        overall |= aggregate(everyone) if n else dict.fromkeys(samples, 0.0)
+        overall |= aggregate(everyone)
         per_sample |= samples
     result: dict = {"n": n, **_x100(overall)}
     result["per_sample"] = {key: [100 * float(v) for v in per_sample[key]] for key in SCORE_KEYS if key in per_sample}
