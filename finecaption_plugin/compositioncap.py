@@ -128,7 +128,11 @@ def select_docs(dataset, task: str):
                 f"{_where(index, record)}: field 'id': record {seen[record['id']]} has it too (ids are unique)"
             )
         seen[record.get("id")] = index
-        if record.get("task") == task:
+        if record.get("task") not in TASKS:  # a misspelt task must not silently shrink a task's set
+            raise CompositionCapError(
+                f"{_where(index, record)}: field 'task': {record.get('task')!r} is not one of {', '.join(TASKS)}"
+            )
+        if record["task"] == task:
             check_record(index, record, root)
     selected = dataset.filter(lambda record: record["task"] == task)
     if len(selected) == 0:

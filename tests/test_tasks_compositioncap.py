@@ -1,0 +1,212 @@
+"""The CompositionCap tasks: data checks, visual prompts, prompts, task YAML resolution, scoring."""
+
+from __future__ import annotations
+
+import json
+import re
+from argparse import Namespace
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from finecaption_plugin import compositioncap
+from finecaption_plugin.compositioncap import CompositionCapError, select_docs, write_demo_folder
+from finecaption_plugin.masks import decode_compositioncap, mask_to_box
+from finecaption_plugin.visual_prompts import MARK_COLOR
+
+
+@pytest.fixture()
+def root(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "compositioncap"
+    write_demo_folder(folder, images=3)
+    monkeypatch.setenv(compositioncap.ROOT_ENV, str(folder))
+    # lmms-eval reads this once per process: one folder for the session, outside the user's cache.
+    monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "datasets-cache"))
+    return folder
+
+
+def _records(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / compositioncap.TEST_FILE).read_text().splitlines()]
+
+
+def _dataset(records: list[dict]) -> datasets.Dataset:
+    return datasets.Dataset.from_list(records)
+
+
+def _first(root: Path, task: str) -> dict:
+    return next(record for record in _records(root) if record["task"] == task)
+
+
+def test_demo_folder_selects_every_task(root: Path):
+    dataset = _dataset(_records(root))
+    assert {task: len(select_docs(dataset, task)) for task in ("aarc", "rdc", "global")} == {
+        "aarc": 12,
+        "rdc": 6,
+        "global": 3,
+    }
+    assert set(select_docs(dataset, "aarc")["attribute"]) == {"color", "shape"}
+
+
+def test_missing_root_and_file_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(compositioncap.ROOT_ENV, raising=False)
+    with pytest.raises(CompositionCapError, match="COMPOSITIONCAP_ROOT is not set"):
+        compositioncap.test_file()
+    monkeypatch.setenv(compositioncap.ROOT_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(CompositionCapError, match="is not a folder"):
+        compositioncap.test_file()
+    monkeypatch.setenv(compositioncap.ROOT_ENV, str(tmp_path))
+    with pytest.raises(CompositionCapError, match="compositioncap_test.jsonl does not exist"):
+        compositioncap.test_file()
+
+
+@pytest.mark.parametrize(
+    "index, change, message",
+    [
+        (0, {"mask": "not base64!"}, r"record 0 \('id' 'img0_square_color'\): field 'mask': bad base64"),
+        (0, {"image": "images/missing.png"}, r"record 0 .*field 'image': .*missing.png does not exist"),
+        (0, {"width": 7}, r"record 0 .*field 'image': .* the record says 7x"),
+        (1, {"attribute": None}, r"record 1 .*field 'attribute': an 'aarc' record needs"),
+        (2, {"captions": []}, r"record 2 .*field 'captions'"),
+        (2, {"task": "dense"}, r"record 2 .*field 'task': 'dense' is not one of aarc, rdc, global"),
+        (2, {"mask": None}, r"record 2 .*field 'mask': a 'rdc' record needs the region mask"),
+        (6, {"mask": "H4sI"}, r"record 6 \('id' 'img0_global'\): field 'mask': a 'global' record .* must be null"),
+        (3, {"id": "img0_square_color"}, r"record 3 .*field 'id': record 0 has it too"),
+    ],
+)
+def test_bad_records_name_record_and_field(root: Path, index: int, change: dict, message: str):
+    records = _records(root)
+    records[index].update(change)
+    task = records[index]["task"] if records[index]["task"] in ("aarc", "rdc", "global") else "rdc"
+    with pytest.raises(CompositionCapError, match=message):
+        select_docs(_dataset(records), task)
+
+
+def test_an_error_in_another_task_does_not_block(root: Path):
+    records = _records(root)
+    records[0]["mask"] = "not base64!"  # an aarc record
+    assert len(select_docs(_dataset(records), "global")) == 3
+
+
+@pytest.mark.parametrize(
+    "style, phrase",
+    [
+        ("mask", "the masked region"),
+        ("bbox", "the region inside the red box"),
+        ("contour", "the region outlined in red"),
+        ("overlay", "the region highlighted in red"),
+        ("crop", "the object in the middle of this close-up"),
+    ],
+)
+def test_prompt_names_the_region_as_the_style_shows_it(root: Path, style: str, phrase: str):
+    doc = _first(root, "aarc")
+    assert compositioncap.doc_to_text(doc, {"visual_prompt": style}) == f"Describe the color of {phrase}."
+
+
+def test_bbox_text_prompt_carries_the_normalised_box(root: Path):
+    doc = _first(root, "rdc")
+    text = compositioncap.doc_to_text(doc, {"visual_prompt": "bbox_text"})
+    numbers = [float(v) for v in re.search(r"\[([^\]]+)\]", text).group(1).split(",")]
+    x0, y0, x1, y1 = mask_to_box(decode_compositioncap(doc["mask"], doc["height"], doc["width"]))
+    expected = [x0 / doc["width"], y0 / doc["height"], x1 / doc["width"], y1 / doc["height"]]
+    np.testing.assert_allclose(numbers, expected, atol=5e-4)
+
+
+def test_global_prompt_ignores_the_style(root: Path):
+    doc = _first(root, "global")
+    for style in ("mask", "bbox", "crop"):
+        assert compositioncap.doc_to_text(doc, {"visual_prompt": style}) == "Describe the image in detail."
+        (image,) = compositioncap.doc_to_visual(doc, {"visual_prompt": style})
+        assert image.mode == "RGB"
+        assert np.array_equal(np.asarray(image), np.asarray(compositioncap.doc_image(doc)))
+
+
+def test_mask_style_carries_the_mask_in_alpha(root: Path):
+    doc = _first(root, "aarc")
+    (image,) = compositioncap.doc_to_visual(doc, {"visual_prompt": "mask"})
+    mask = decode_compositioncap(doc["mask"], doc["height"], doc["width"])
+    assert image.mode == "RGBA"
+    assert np.array_equal(np.asarray(image.getchannel("A")) > 0, mask)
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(compositioncap.doc_image(doc)))
+
+
+def test_bbox_style_draws_a_red_box_around_the_region(root: Path):
+    doc = _first(root, "rdc")
+    (image,) = compositioncap.doc_to_visual(doc, {"visual_prompt": "bbox"})
+    pixels = np.asarray(image)
+    x0, y0, x1, y1 = mask_to_box(compositioncap.doc_mask(doc))
+    red = np.all(pixels == MARK_COLOR, axis=-1)
+    assert red[max(y0 - 1, 0), (x0 + x1) // 2] and red[min(y1, doc["height"] - 1), (x0 + x1) // 2]
+    assert np.array_equal(
+        pixels[y0 + 4 : y1 - 4, x0 + 4 : x1 - 4],
+        np.asarray(compositioncap.doc_image(doc))[y0 + 4 : y1 - 4, x0 + 4 : x1 - 4],
+    )
+
+
+def test_unknown_style_is_rejected(root: Path):
+    with pytest.raises(CompositionCapError, match="visual_prompt 'arrow' is not one of mask, bbox"):
+        compositioncap.doc_to_text(_first(root, "aarc"), {"visual_prompt": "arrow"})
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    """One index of lmms-eval's tasks (slow to build) with the shipped tasks in it, without --include_path."""
+    from lmms_eval.tasks import TaskManager
+
+    from finecaption_plugin.lmms_eval_manifest import patch_lmms_eval
+
+    patch_lmms_eval()
+    return TaskManager()
+
+
+@pytest.mark.parametrize(
+    "name, model, style",
+    [
+        ("compositioncap_aarc", "finecaption", "mask"),
+        ("compositioncap_aarc", "llava_hf", "bbox"),
+        ("compositioncap_rdc_contour", "finecaption", "contour"),
+        ("compositioncap_aarc_bbox_text", "qwen2_5_vl", "bbox_text"),
+    ],
+)
+def test_yaml_picks_the_style_per_model_and_variant(
+    root: Path, task_manager, monkeypatch: pytest.MonkeyPatch, name: str, model: str, style: str
+):
+    from lmms_eval.tasks import get_task_dict
+
+    monkeypatch.setattr(task_manager, "model_name", model)  # what `--model` sets
+    (task,) = get_task_dict([name], task_manager).values()
+    assert task.lmms_eval_specific_kwargs["visual_prompt"] == style
+    docs = task.test_docs()
+    assert {doc["task"] for doc in docs} == {name.split("_")[1]}
+    assert task.doc_to_text(docs[0]).endswith(".")
+
+
+def test_aggregate_scores_once_and_writes_breakdown_and_gallery(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import finecaption_plugin.metrics as metrics
+
+    calls = []
+    caption_scores = metrics.caption_scores
+
+    def counted(*args, **kwargs):
+        calls.append((args, kwargs, caption_scores(*args, **kwargs)))
+        return calls[-1][-1]
+
+    monkeypatch.setattr(metrics, "caption_scores", counted)
+    docs = select_docs(_dataset(_records(root)), "aarc")
+    samples = [compositioncap.process_results(doc, [doc["captions"][0]])["CIDEr"] for doc in docs]
+    samples[0] = dict(samples[0], prediction="something else entirely")
+    args = Namespace(output_path=str(tmp_path / "out"), model_args="pretrained=/models/tiny")
+    values = {metric: compositioncap.aggregate(samples, metric, args) for metric in compositioncap.METRICS}
+    ((inputs, options, scores),) = calls
+    assert inputs == ([s["prediction"] for s in samples], [s["references"] for s in samples])
+    assert options["groups"] == [s["attribute"] for s in samples]
+    assert values == {metric: scores[metric] for metric in compositioncap.METRICS}
+    assert 0 < values["CIDEr"] and values["BLEU-4"] < 100  # one wrong prediction among exact ones
+    (out_dir,) = (tmp_path / "out" / "models__tiny").iterdir()
+    breakdown = json.loads((out_dir / "breakdown.json").read_text())
+    assert breakdown["samples"] == 12 and set(breakdown["per_attribute"]) == {"color", "shape"}
+    assert (out_dir / "index.html").is_file() and (out_dir / "gallery.png").is_file()
+    assert "something else entirely" in (out_dir / "index.html").read_text()
