@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, make_flat_list_of_images
 
 from .masks import MaskError, load_mask, resize_mask
 
@@ -88,13 +88,13 @@ class FineCaptionImageProcessor(BaseImageProcessor):
     ) -> BatchFeature:
         """Images with their masks -> `pixel_values` `[B, 3, S, S]`, `mask_values` `[B, 1, S, S]`.
 
-        `masks` is one mask per image (None: the whole image); for a single PIL image, its one mask.
+        `images` may be nested per sample (as `apply_chat_template` passes them); `masks` is one mask per image,
+        in the same order (None: the whole image); for a single PIL image, its one mask.
         """
-        if isinstance(images, Image.Image):
-            images, masks = [images], [masks]
-        else:
-            images = list(images)
-            masks = [None] * len(images) if masks is None else list(masks)
+        single = isinstance(images, Image.Image)
+        images = make_flat_list_of_images(images)
+        if single or masks is None:
+            masks = [masks] * len(images)
         if len(masks) != len(images):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks: give one mask (or None) per image")
         mask_values = []
