@@ -1,0 +1,174 @@
+"""`--model finecaption` in lmms-eval: registration, batching, request order, masks from alpha, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lmms_eval.api.instance import Instance
+from PIL import Image
+
+from finecaption_plugin.lmms_eval_model import FineCaption, FineCaptionChat
+from finecaption_plugin.visual_prompts import image_with_mask_alpha
+
+PROMPTS = [
+    "Describe the color of the masked region.",
+    "Describe the masked region in detail, covering all of its attributes.",
+    "Describe the image in detail.",
+    "What shape is it?",
+    "Describe the shape of the masked region.",
+]
+
+
+def _docs() -> list[dict]:
+    """Five documents with images of different sizes and colours; every other one with a region."""
+    docs = []
+    for index, prompt in enumerate(PROMPTS):
+        rng = np.random.default_rng(index)
+        height, width = 64 + 16 * index, 96 - 8 * index
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        mask = np.zeros((height, width), bool)
+        mask[10 : 30 + index, 5:40] = True
+        docs.append({"prompt": prompt, "image": image, "mask": mask if index % 2 == 0 else None})
+    return docs
+
+
+def _visual(doc: dict) -> list[Image.Image]:
+    return [doc["image"] if doc["mask"] is None else image_with_mask_alpha(doc["image"], doc["mask"])]
+
+
+def _messages(doc: dict) -> list[dict]:
+    content = [{"type": "image", "url": image} for image in _visual(doc)]
+    return [{"role": "user", "content": [*content, {"type": "text", "text": doc["prompt"]}]}]
+
+
+def _simple_requests(gen_kwargs: dict) -> list[Instance]:
+    return [
+        Instance(
+            "generate_until",
+            (doc["prompt"], dict(gen_kwargs), _visual, index, "t", "test"),
+            0,
+            {"task": "t", "doc_id": index, "repeats": 1},
+        )
+        for index, doc in enumerate(_docs())
+    ]
+
+
+def _chat_requests(gen_kwargs: dict) -> list[Instance]:
+    return [
+        Instance(
+            "generate_until",
+            (doc["prompt"], _messages, dict(gen_kwargs), index, "t", "test"),
+            0,
+            {"task": "t", "doc_id": index, "repeats": 1},
+        )
+        for index, doc in enumerate(_docs())
+    ]
+
+
+@pytest.fixture(scope="module")
+def simple(tiny_checkpoint: Path) -> FineCaption:
+    model = FineCaption(pretrained=str(tiny_checkpoint), dtype="float32", batch_size="1")
+    model.task_dict = {"t": {"test": _docs()}}
+    return model
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_checkpoint: Path) -> FineCaptionChat:
+    model = FineCaptionChat(pretrained=str(tiny_checkpoint), dtype="float32", batch_size="3")
+    model.task_dict = {"t": {"test": _docs()}}
+    return model
+
+
+GREEDY = {"max_new_tokens": 6, "temperature": 0, "do_sample": False, "until": []}
+
+
+def test_entry_point_registers_both_classes():
+    from lmms_eval.models import get_model
+
+    assert get_model("finecaption") is FineCaptionChat
+    assert get_model("finecaption", force_simple=True) is FineCaption
+
+
+def test_batched_answers_equal_unbatched_in_request_order(simple: FineCaption, monkeypatch: pytest.MonkeyPatch):
+    one_by_one = simple.generate_until(_simple_requests(GREEDY))
+    monkeypatch.setattr(simple, "batch_size_per_gpu", 3)
+    batch_sizes = []
+    generate = simple._generate
+    monkeypatch.setattr(simple, "_generate", lambda batch, kw: batch_sizes.append(len(batch)) or generate(batch, kw))
+    batched = simple.generate_until(_simple_requests(GREEDY))
+    assert sorted(batch_sizes) == [2, 3]
+    assert batched == one_by_one
+    # Request order: each answer is the one its request gets alone.
+    alone = [simple.generate_until(_simple_requests(GREEDY)[i : i + 1])[0] for i in (0, 3)]
+    assert [batched[0], batched[3]] == alone
+    assert len(set(batched)) > 1  # distinct prompts and images give distinct answers
+
+
+def test_chat_requests_answer_like_simple_ones(simple: FineCaption, chat: FineCaptionChat):
+    assert chat.generate_until(_chat_requests(GREEDY)) == simple.generate_until(_simple_requests(GREEDY))
+
+
+def test_requests_with_other_settings_are_batched_apart(chat: FineCaptionChat, monkeypatch: pytest.MonkeyPatch):
+    requests = _chat_requests(GREEDY)
+    for request in requests[1::2]:
+        request.arguments[2]["max_new_tokens"] = 2
+    batches = []
+    generate = chat._generate
+    monkeypatch.setattr(
+        chat, "_generate", lambda batch, kw: batches.append(([a[3] for a in batch], kw)) or generate(batch, kw)
+    )
+    answers = chat.generate_until(requests)
+    assert sorted((sorted(ids), kw["max_new_tokens"]) for ids, kw in batches) == [([0, 2, 4], 6), ([1, 3], 2)]
+    assert answers[::2] == chat.generate_until(_chat_requests(GREEDY))[::2]
+
+
+def test_region_comes_from_the_alpha_channel(simple: FineCaption):
+    docs = _docs()
+    texts, images, masks = simple._inputs([r.args for r in _simple_requests(GREEDY)[:2]])
+    assert np.array_equal(masks[0], docs[0]["mask"]) and masks[1] is None
+    assert all(image.mode == "RGB" for image in images)
+    encoded = simple._encode(texts, images, masks)
+    reference = simple.processor(
+        text=texts, images=[d["image"] for d in docs[:2]], masks=[d["mask"] for d in docs[:2]],
+        return_tensors="pt", padding=True,
+    )  # fmt: skip
+    torch.testing.assert_close(encoded["mask_values"], reference["mask_values"])
+    torch.testing.assert_close(encoded["pixel_values"], reference["pixel_values"])
+    assert encoded["mask_values"][1].sum() > 2 * encoded["mask_values"][0].sum()  # no alpha: the whole image
+
+
+def test_stop_strings_cut_the_answer(simple: FineCaption):
+    (free,) = simple.generate_until(_simple_requests(GREEDY)[:1])
+    stop = free.strip()[2:4]
+    (cut,) = simple.generate_until(_simple_requests({**GREEDY, "until": [stop]})[:1])
+    assert stop and stop not in cut and free.startswith(cut)
+
+
+def test_loglikelihood_matches_token_by_token_scoring(simple: FineCaption):
+    metadata = {"task": "t", "doc_id": 0, "repeats": 1}
+    ((score, is_greedy),) = simple.loglikelihood(
+        [Instance("loglikelihood", (PROMPTS[0], " red car", _visual, 0, "t", "test"), 0, metadata)]
+    )
+    inputs = simple._encode(*simple._inputs([r.args for r in _simple_requests(GREEDY)[:1]]))
+    target = simple.tokenizer(" red car", add_special_tokens=False).input_ids
+    expected, greedy = 0.0, True
+    with torch.no_grad():
+        for token in target:  # one forward pass per token, no shifting of logits
+            logits = simple.model(**inputs).logits[0, -1].float()
+            expected += torch.log_softmax(logits, -1)[token].item()
+            greedy &= logits.argmax().item() == token
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([[token]])], dim=1)
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    assert len(target) > 1 and score == pytest.approx(expected, abs=1e-4) and is_greedy == greedy
+
+
+def test_bad_arguments_are_clear(tiny_checkpoint: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        FineCaption(pretrained=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="batch_size auto is not supported"):
+        FineCaption(pretrained=str(tiny_checkpoint), batch_size="auto")
+    with pytest.raises(ValueError, match="dtype='fp8'"):
+        FineCaption(pretrained=str(tiny_checkpoint), dtype="fp8")
