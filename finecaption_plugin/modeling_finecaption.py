@@ -3,7 +3,6 @@
 
 import torch
 import torch.nn.functional as F
-from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -134,6 +133,10 @@ class FineCaptionSlowTower(nn.Module):
 
     def __init__(self, config: FineCaptionConfig):
         super().__init__()
+        # Imported here: importing timm probes for optional packages (wandb among them), seconds that
+        # `import finecaption_plugin` (Auto registration, the CLI, lmms-eval's plugin scan) should not pay.
+        from timm.models.convnext import ConvNeXt
+
         convnext = ConvNeXt(
             depths=config.slow_depths, dims=config.slow_dims, norm_eps=config.slow_norm_eps, num_classes=0
         )
@@ -261,7 +264,7 @@ class FineCaptionPreTrainedModel(PreTrainedModel):
                 init.zeros_(conv.bias)
             init.zeros_(module.slow_proj.weight)
             init.zeros_(module.fast_proj.weight)
-        elif isinstance(module, ConvNeXtBlock) and module.gamma is not None:
+        elif type(module).__name__ == "ConvNeXtBlock" and module.gamma is not None:  # timm's layer scale
             init.constant_(module.gamma, 1e-6)
 
 
