@@ -1,0 +1,55 @@
+"""The lmms-eval 0.7.3 problems a plugin user meets, gone: filelock._api, --include_path, exit status 0."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+import pytest
+
+from finecaption_plugin.cli import tasks_dir
+from finecaption_plugin.lmms_eval_manifest import _exit_on_failure, patch_lmms_eval
+
+
+def test_filelock_api_import_works():
+    # lmms-eval's evaluator imports filelock._api on every run; filelock 4 removed it (pinned <4).
+    from lmms_eval.evaluator import _enable_reentrant_filelocks
+
+    _enable_reentrant_filelocks()
+    import filelock._api  # noqa: F401
+
+
+def test_shipped_tasks_are_indexed_without_include_path():
+    from lmms_eval.tasks import TaskManager
+
+    patch_lmms_eval()
+    patch_lmms_eval()  # idempotent: one wrapper
+    manager = TaskManager()
+    index = manager.task_index
+    assert index["compositioncap_aarc"]["yaml_path"].startswith(tasks_dir())
+    assert index["compositioncap"]["type"] == "group"
+    assert "coco2017_cap_val" in index  # lmms-eval's own tasks stay
+    assert manager.initialize_tasks(include_path=tasks_dir()).keys() == index.keys()
+
+
+@pytest.fixture()
+def failing_evaluator(monkeypatch: pytest.MonkeyPatch):
+    import lmms_eval.evaluator as evaluator
+
+    def simple_evaluate(**kwargs):
+        raise RuntimeError("the model crashed")
+
+    monkeypatch.setattr(evaluator, "simple_evaluate", simple_evaluate)
+    _exit_on_failure()
+    return evaluator
+
+
+def test_a_failed_command_line_run_exits_1(failing_evaluator, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as stop:
+        failing_evaluator.simple_evaluate(model="finecaption", cli_args=Namespace())
+    assert stop.value.code == 1
+    assert "RuntimeError: the model crashed" in capsys.readouterr().err
+
+
+def test_the_python_api_still_gets_the_exception(failing_evaluator):
+    with pytest.raises(RuntimeError, match="the model crashed"):
+        failing_evaluator.simple_evaluate(model="finecaption")
