@@ -148,9 +148,9 @@ def build_trainer_class():
     return FineCaptionTrainer
 
 
-def train(model_args, data_args, training_args) -> Path:
-    """Run (or resume) a training run; returns ``--output_dir``."""
-    from transformers import AutoProcessor
+def train(model_args, data_args, training_args):
+    """Run (or resume) a training run -> the finished `FineCaptionTrainer` (its model, state and logs)."""
+    from transformers import AutoProcessor, set_seed
 
     from finecaption_plugin.conversation import get_template
     from finecaption_plugin.data import DataCollator, SupervisedDataset, build_samples, read_records
@@ -163,6 +163,7 @@ def train(model_args, data_args, training_args) -> Path:
     )
     from finecaption_plugin.training_args import check_architecture_flags
 
+    set_seed(training_args.seed)  # LoRA's initialisation comes before the Trainer seeds
     template = get_template(model_args.version)
     parts = trained_parts(model_args, training_args)
     if not data_args.data_path:
@@ -213,7 +214,7 @@ def train(model_args, data_args, training_args) -> Path:
     trainer.save_model(training_args.output_dir)
     if training_args.should_save:
         processor.save_pretrained(training_args.output_dir)
-    return Path(training_args.output_dir)
+    return trainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

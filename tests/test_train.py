@@ -1,0 +1,277 @@
+"""Training on the tiny model, on CPU: LoRA and QLoRA runs whose loss falls, LLaVA's output layout in every
+checkpoint, reload and generation, merge, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finecaption_plugin.masks import encode_compositioncap, encode_rle
+from finecaption_plugin.train import parse_args, train
+
+CAPTIONS = ("The red car is parked beside a tall green tree.", "A small dog sits on the grass.")
+
+
+def write_dataset(root: Path, count: int = 4) -> Path:
+    """``count`` LLaVA records with masks in four formats (CompositionCap, RLE, polygon, PNG) -> train.json."""
+    rng = np.random.default_rng(0)
+    records = []
+    for index in range(count):
+        height, width = 96, 128
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+            root / f"img{index}.png"
+        )
+        mask = np.zeros((height, width), bool)
+        mask[10 + index : 60, 20 : 80 + index] = True
+        kind = index % 4
+        if kind == 0:
+            value = encode_compositioncap(mask)
+        elif kind == 1:
+            value = encode_rle(mask)
+            value["counts"] = (
+                value["counts"].decode() if isinstance(value["counts"], bytes) else value["counts"]
+            )
+        elif kind == 2:
+            value = [[20, 10 + index, 80 + index, 10 + index, 80 + index, 60, 20, 60]]
+        else:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / f"mask{index}.png")
+            value = f"mask{index}.png"
+        records.append(
+            {
+                "id": f"sample-{index}",
+                "image": f"img{index}.png",
+                "height": height,
+                "width": width,
+                "mask": value,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the masked region."},
+                    {"from": "gpt", "value": CAPTIONS[index % 2]},
+                ],
+            }
+        )
+    path = root / "train.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def run_args(checkpoint: Path, data: Path, output_dir: Path, *extra: str) -> list[str]:
+    """Flags of a short LLaVA-style LoRA run on the tiny model, CPU, float32."""
+    return [
+        "--model_name_or_path", str(checkpoint),
+        "--version", "llama3",
+        "--data_path", str(data),
+        "--image_folder", str(data.parent),
+        "--output_dir", str(output_dir),
+        "--lora_enable", "True",
+        "--lora_r", "8",
+        "--lora_alpha", "16",
+        "--lora_dropout", "0",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2",
+        "--mm_projector_lr", "2e-3",
+        "--logging_steps", "1",
+        "--report_to", "none",
+        "--use_cpu", "True",
+        "--dataloader_pin_memory", "False",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def _losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_checkpoint, dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("lora-run")
+    argv = run_args(tiny_checkpoint, dataset, output, "--max_steps", "12", "--save_steps", "6")
+    return train(*parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tiny_checkpoint, dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("qlora-run")
+    argv = run_args(
+        tiny_checkpoint, dataset, output, "--bits", "4", "--max_steps", "12", "--save_steps", "12"
+    )
+    return train(*parse_args(argv))
+
+
+def _assert_loss_falls(trainer) -> None:
+    losses = _losses(trainer)
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+
+
+def test_lora_loss_falls(lora_run):
+    _assert_loss_falls(lora_run)
+
+
+def test_lora_targets_only_the_language_model(lora_run):
+    lora_modules = {
+        name.split(".lora_")[0] for name, _ in lora_run.model.named_parameters() if ".lora_" in name
+    }
+    assert lora_modules, "no LoRA module"
+    assert all(".language_model.layers." in name for name in lora_modules)
+    # 2 layers x (q, k, v, o, gate, up, down)
+    assert len(lora_modules) == 14
+    trainable = {name for name, param in lora_run.model.named_parameters() if param.requires_grad}
+    assert any("fast_mask_embed" in name for name in trainable)
+    assert any(".adapters.0." in name for name in trainable)
+    assert any("multi_modal_projector" in name for name in trainable)
+    assert not any(".fast_tower." in name or ".slow_tower." in name for name in trainable)
+    assert not any(name.endswith("embed_tokens.weight") or "lm_head" in name for name in trainable)
+
+
+def test_every_checkpoint_has_llava_layout(lora_run):
+    output = Path(lora_run.args.output_dir)
+    for folder in (output / "checkpoint-6", output / "checkpoint-12", output):
+        for name in (
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "config.json",
+            "non_lora_trainables.bin",
+        ):
+            assert (folder / name).is_file(), folder / name
+    saved = torch.load(output / "non_lora_trainables.bin", weights_only=True)
+    assert "base_model.model.model.vision_tower.fast_mask_embed.weight" in saved
+    assert not any("lora_" in key for key in saved)
+    # The mask branch starts at zero and has been trained.
+    assert saved["base_model.model.model.vision_tower.fast_mask_embed.weight"].abs().sum() > 0
+    early = torch.load(output / "checkpoint-6" / "non_lora_trainables.bin", weights_only=True)
+    key = "base_model.model.model.multi_modal_projector.linear_1.weight"
+    assert not torch.equal(early[key], saved[key])
+
+
+def test_qlora_loss_falls_on_4bit_language_model(qlora_run):
+    import bitsandbytes as bnb
+
+    modules = dict(qlora_run.model.named_modules())
+    q_proj = modules["base_model.model.model.language_model.layers.0.self_attn.q_proj"]
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
+    assert q_proj.base_layer.weight.quant_type == "nf4"
+    for name in (
+        "model.vision_tower.fast_tower.encoder.layers.0.self_attn.q_proj",
+        "model.multi_modal_projector.linear_1",
+        "lm_head",
+    ):
+        assert type(modules["base_model.model." + name]) is torch.nn.Linear, name
+    _assert_loss_falls(qlora_run)
+
+
+def _batch(processor, image_size: int = 96):
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (image_size, 128, 3), dtype=np.uint8))
+    mask = np.zeros((image_size, 128), bool)
+    mask[10:60, 20:80] = True
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Describe the masked region."}],
+        }
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor(text=[prompt], images=[image], masks=[mask], return_tensors="pt", padding=True)
+
+
+def test_saved_run_reloads_and_generates(lora_run):
+    from finecaption_plugin.merge import load_pretrained
+
+    output = Path(lora_run.args.output_dir)
+    model, processor = load_pretrained(output)
+    trained = dict(lora_run.model.named_parameters())
+    for name, param in model.named_parameters():
+        if "fast_mask_embed" in name or ("lora_A" in name and "layers.0.self_attn.q_proj" in name):
+            torch.testing.assert_close(param, trained[name].to(param.dtype))
+    model.eval()
+    batch = _batch(processor)
+    with torch.no_grad():
+        generated = model.generate(**batch, max_new_tokens=6, do_sample=False)
+        reference = lora_run.model.eval()(**batch).logits[:, -1]
+        logits = model(**batch).logits[:, -1]
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+    assert generated.shape[1] > batch["input_ids"].shape[1]
+
+
+def test_merge_matches_adapter_plus_base(lora_run, tmp_path):
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+    from finecaption_plugin.cli import main as cli_main
+    from finecaption_plugin.merge import load_pretrained
+
+    output = Path(lora_run.args.output_dir)
+    base = json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"]
+    merged_dir = tmp_path / "merged"
+    assert (
+        cli_main(
+            ["merge", "--model-path", str(output), "--model-base", base, "--save-model-path", str(merged_dir)]
+        )
+        == 0
+    )
+    assert not (merged_dir / "adapter_config.json").exists()
+    merged = FineCaptionForConditionalGeneration.from_pretrained(merged_dir).eval()
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    adapter, processor = load_pretrained(output, base)
+    batch = _batch(processor)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(**batch).logits, adapter.eval()(**batch).logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert process.poll() is None, f"training exited with {process.returncode} before writing {path}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_checkpoint, dataset, tmp_path):
+    steps = ["--max_steps", "8", "--save_steps", "2"]
+    killed = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "finecaption_plugin.train",
+        *run_args(tiny_checkpoint, dataset, killed, *steps),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        _wait_for(killed / "checkpoint-2" / "trainer_state.json", process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (killed / "trainer_state.json").exists(), "the run finished before it was killed"
+
+    resumed = train(*parse_args(run_args(tiny_checkpoint, dataset, killed, *steps)))
+    assert resumed.state.global_step == 8
+    first_logged = min(entry["step"] for entry in resumed.state.log_history if "loss" in entry)
+    assert first_logged == 1  # the log goes on from the killed run's checkpoint
+
+    straight = train(*parse_args(run_args(tiny_checkpoint, dataset, tmp_path / "straight", *steps)))
+    assert straight.state.global_step == 8
+    resumed_state = torch.load(killed / "non_lora_trainables.bin", weights_only=True)
+    straight_state = torch.load(tmp_path / "straight" / "non_lora_trainables.bin", weights_only=True)
+    for key, value in straight_state.items():
+        torch.testing.assert_close(resumed_state[key], value, atol=1e-5, rtol=1e-4)
+    adapters = [dict(run.model.named_parameters()) for run in (resumed, straight)]
+    for name, value in adapters[1].items():
+        if "lora_" in name:
+            torch.testing.assert_close(adapters[0][name], value, atol=1e-5, rtol=1e-4)
