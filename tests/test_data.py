@@ -1,0 +1,356 @@
+"""Training data, conversation templates, flags and stage selection, without training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finecaption_plugin.conversation import (
+    IGNORE_INDEX,
+    ConversationError,
+    Segment,
+    get_template,
+    normalize_turns,
+    tokenize_segments,
+)
+from finecaption_plugin.data import (
+    DataCollator,
+    DataError,
+    ModalityLengthGroupedSampler,
+    SupervisedDataset,
+    build_samples,
+    read_records,
+)
+from finecaption_plugin.masks import encode_compositioncap, encode_rle
+from finecaption_plugin.prompts import task_prompt
+
+HEIGHT, WIDTH = 64, 96
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_checkpoint):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture()
+def region() -> np.ndarray:
+    mask = np.zeros((HEIGHT, WIDTH), bool)
+    mask[8:40, 16:72] = True
+    return mask
+
+
+@pytest.fixture()
+def image_folder(tmp_path, region) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(region.astype(np.uint8) * 255).save(tmp_path / "a_mask.png")
+    return tmp_path
+
+
+def _conversation(question: str = "<image>\nWhat color is it?", answer: str = "The red car.") -> list[dict]:
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
+def _dataset(records, processor, folder, version="llama3", max_length=512) -> SupervisedDataset:
+    template = get_template(version)
+    samples = build_samples(records, template, folder)
+    return SupervisedDataset(samples, processor, template, folder, max_length)
+
+
+@pytest.mark.parametrize("version", ["llama3", "vicuna_v1", "v1", "plain"])
+def test_only_assistant_replies_are_trained(processor, version):
+    tokenizer = processor.tokenizer
+    template = get_template(version)
+    conversation = _conversation()
+    if template.name != "plain":
+        conversation += _conversation("And its shape?", "A small dog.")
+    turns = normalize_turns(conversation, template, has_image=True)
+    input_ids, labels = tokenize_segments(template.segments(turns, tokenizer), tokenizer)
+    trained = tokenizer.decode(
+        [t for t, label in zip(input_ids, labels, strict=True) if label != IGNORE_INDEX]
+    )
+    expected = {
+        "llama3": "The red car.<|eot_id|>A small dog.<|eot_id|>",
+        "vicuna_v1": " The red car.<|eot_id|> A small dog.<|eot_id|>",
+        "plain": "The red car.\n",
+    }[template.name]
+    assert trained == expected
+    # Untrained tokens are exactly the rest, in order.
+    assert tokenizer.decode(input_ids).endswith(expected[-8:])
+    assert labels[0] == IGNORE_INDEX
+
+
+@pytest.mark.parametrize("version", ["llama3", "vicuna_v1"])
+def test_chat_template_renders_the_training_prompt(processor, version):
+    template = get_template(version)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}
+    ]
+    rendered = processor.tokenizer.apply_chat_template(
+        messages, chat_template=template.chat_template, add_generation_prompt=True, tokenize=False
+    )
+    prompt = template.segments([("user", "<image>\nWhat color is it?")], processor.tokenizer, True)
+    assert rendered == "".join(segment.text for segment in prompt)
+
+
+def test_checkpoint_chat_template_is_the_llama3_template(processor):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = get_template("llama3").segments([("user", "<image>\nHi")], processor.tokenizer, True)
+    assert rendered == "".join(segment.text for segment in prompt)
+
+
+def test_token_across_a_boundary_is_a_tokenization_mismatch(processor):
+    tokenizer = processor.tokenizer
+    assert len(tokenizer.tokenize("The")) == 1
+    with pytest.raises(ConversationError, match="tokenization mismatch"):
+        tokenize_segments([Segment("Th", False), Segment("e red car.", True)], tokenizer)
+    # A space before the reply may join the reply's first token: that token is trained.
+    assert tokenizer.tokenize("The red")[1] == "Ġre"
+    ids, labels = tokenize_segments([Segment("The ", False), Segment("red", True)], tokenizer)
+    assert labels == [IGNORE_INDEX, *ids[1:]] and tokenizer.decode(ids[1:]) == " red"
+
+
+def test_template_tokenizer_mismatch_is_an_error(processor):
+    from finecaption_plugin.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.eos_token = None
+    with pytest.raises(ConversationError, match="vicuna_v1"):
+        get_template("vicuna_v1").check_tokenizer(tokenizer)
+    plain = SimpleNamespace(
+        encode=lambda text, add_special_tokens: list(text), bos_token=None, eos_token=None
+    )
+    with pytest.raises(ConversationError, match=r"<\|start_header_id\|>|<\|begin_of_text\|>"):
+        get_template("llama3").check_tokenizer(plain)
+    with pytest.raises(ConversationError, match="unknown conversation template"):
+        get_template("mpt")
+
+
+def test_every_mask_format_gives_the_same_mask_values(processor, image_folder, region):
+    rle = encode_rle(region)
+    rle["counts"] = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+    formats = {
+        "compositioncap": encode_compositioncap(region),
+        "rle": rle,
+        "polygon": [[16, 8, 72, 8, 72, 40, 16, 40]],
+        "png": "a_mask.png",
+        "box": {"bbox": [16, 8, 72, 40]},
+    }
+    records = [
+        {
+            "id": name,
+            "image": "a.png",
+            "height": HEIGHT,
+            "width": WIDTH,
+            "mask": value,
+            "conversations": _conversation(),
+        }
+        for name, value in formats.items()
+    ]
+    records.append({"id": "none", "image": "a.png", "conversations": _conversation()})
+    dataset = _dataset(records, processor, image_folder)
+    items = [dataset[i] for i in range(len(dataset))]
+    reference = items[0]["mask_values"]
+    assert reference.shape == (1, 128, 128)
+    # The image is padded to a square (64 rows -> 96), then resized to 128: the region maps to known rows.
+    scale = 128 / WIDTH
+    inside = reference[0, round((16 + 20) * scale), round(40 * scale)]
+    outside = reference[0, round((16 + 50) * scale), round(40 * scale)]
+    assert inside == pytest.approx(1.0) and outside == pytest.approx(0.0)
+    for item in items[1:-1]:
+        torch.testing.assert_close(item["mask_values"], reference, atol=0.02, rtol=0)
+    # No mask: the whole image, i.e. everything but the padding (rows 16-80 of the padded 96).
+    whole = items[-1]["mask_values"][0]
+    assert torch.all(whole[round(20 * scale) : round(76 * scale)] == 1) and torch.all(whole[:10] == 0)
+    item = items[0]
+    assert (item["input_ids"] == processor.image_token_id).sum() == processor.num_image_tokens
+    assert item["pixel_values"].shape == (3, 128, 128)
+
+
+def test_compositioncap_records_become_prompted_conversations(processor, image_folder, region, tmp_path):
+    records = [
+        {
+            "id": "e1",
+            "image": "a.png",
+            "height": HEIGHT,
+            "width": WIDTH,
+            "mask": encode_compositioncap(region),
+            "task": "aarc",
+            "attribute": "color",
+            "captions": ["It is red.", "Bright red."],
+        },
+        {
+            "id": "g1",
+            "image": "a.png",
+            "height": HEIGHT,
+            "width": WIDTH,
+            "mask": None,
+            "task": "global",
+            "captions": ["A street."],
+        },
+    ]
+    path = tmp_path / "cc.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    template = get_template("llama3")
+    samples = build_samples(read_records(path), template, image_folder)
+    assert len(samples) == 3
+    assert samples[0].turns == [
+        ("user", "<image>\n" + task_prompt("aarc", "color")),
+        ("assistant", "It is red."),
+    ]
+    assert samples[1].turns[1] == ("assistant", "Bright red.")
+    assert samples[2].turns[0] == ("user", "<image>\n" + task_prompt("global")) and samples[2].mask is None
+    dataset = SupervisedDataset(samples, processor, template, image_folder, 512)
+    assert dataset[0]["mask_values"].sum() < dataset[2]["mask_values"].sum()
+    assert dataset[2]["mask_values"].max() == 1
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (
+            {"id": "x", "image": "missing.png", "conversations": _conversation()},
+            r"record 0 \('id' x\): field 'image'",
+        ),
+        ({"id": "x", "image": "a.png", "mask": "nope.png", "conversations": _conversation()}, "field 'mask'"),
+        ({"id": "x", "conversations": _conversation()}, r"field 'conversations'.*no 'image'"),
+        (
+            {"id": "x", "image": "a.png", "conversations": [{"from": "robot", "value": "hi"}]},
+            "unknown 'from'",
+        ),
+        ({"id": "x", "image": "a.png", "task": "aarc", "captions": ["red"]}, "field 'task'.*attribute"),
+        ({"id": "x", "image": "a.png"}, "needs 'conversations'"),
+    ],
+)
+def test_bad_records_are_named_when_read(processor, image_folder, record, message):
+    with pytest.raises(DataError, match=message):
+        _dataset([record], processor, image_folder)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"mask": "bm90IGd6aXA=", "height": HEIGHT, "width": WIDTH}, r"record 0 \('id' bad\): field 'mask'"),
+        ({"mask": [[1, 1, 5, 1, 5, 5]], "height": 10, "width": 10}, "fields 'height'/'width' say 10x10"),
+    ],
+)
+def test_unreadable_masks_are_named_when_loaded(processor, image_folder, fields, message):
+    dataset = _dataset(
+        [{"id": "bad", "image": "a.png", "conversations": _conversation(), **fields}], processor, image_folder
+    )
+    with pytest.raises(DataError, match=message):
+        dataset[0]
+
+
+def test_truncation_that_drops_the_answer_is_an_error(processor, image_folder):
+    dataset = _dataset(
+        [{"id": "long", "image": "a.png", "conversations": _conversation()}],
+        processor,
+        image_folder,
+        max_length=40,
+    )
+    with pytest.raises(DataError, match="model_max_length 40"):
+        dataset[0]
+
+
+def test_mixed_batch_of_image_and_text_only_samples_trains(tiny_checkpoint, processor, image_folder):
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+
+    records = [
+        {"id": "img", "image": "a.png", "conversations": _conversation()},
+        {"id": "text", "conversations": _conversation("What is a car?", "A vehicle with four wheels.")},
+    ]
+    dataset = _dataset(records, processor, image_folder)
+    batch = DataCollator(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    assert batch["pixel_values"].shape[0] == 1 and batch["input_ids"].shape[0] == 2
+    shorter = int(batch["attention_mask"].sum(1).min())
+    assert (
+        torch.all(batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX)
+        and shorter < batch["input_ids"].shape[1]
+    )
+    model = FineCaptionForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.model.vision_tower.fast_mask_embed.weight.grad.abs().sum() > 0
+    assert dataset.modality_lengths[0] > 0 > dataset.modality_lengths[1]
+
+
+def test_modality_grouped_batches_hold_one_modality():
+    lengths = [10, -5, 12, -7, 30, -2, 8, 9, -1, 11]
+    sampler = ModalityLengthGroupedSampler(lengths, batch_size=2, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))
+    full_batches = [order[i : i + 2] for i in range(0, 8, 2)]
+    assert all(len({lengths[i] > 0 for i in batch}) == 1 for batch in full_batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != order or len(lengths) < 3
+
+
+def test_llava_flags_parse_with_their_meaning(tmp_path):
+    from finecaption_plugin.train import parse_args
+
+    base = ["--output_dir", str(tmp_path), "--use_cpu", "True", "--report_to", "none"]
+    model_args, data_args, training_args = parse_args(
+        [*base, "--evaluation_strategy", "no", "--lora_enable", "True", "--bits", "4", "--quant_type", "fp4",
+         "--mm_projector_lr", "2e-5", "--version", "v1", "--image_aspect_ratio", "pad", "--vision_tower", "x",
+         "--mm_vision_select_layer", "-2", "--lazy_preprocess", "True", "--group_by_modality_length", "True"]
+    )  # fmt: skip
+    assert (
+        training_args.eval_strategy == "no" and training_args.bits == 4 and training_args.quant_type == "fp4"
+    )
+    assert training_args.mm_projector_lr == 2e-5 and model_args.version == "v1"
+    assert data_args.image_aspect_ratio == "pad"
+    with pytest.raises(ValueError, match="--lora_enable True"):
+        parse_args([*base, "--bits", "4"])
+
+
+def test_architecture_flags_must_match_the_checkpoint(tmp_path):
+    from finecaption_plugin import FineCaptionConfig
+    from finecaption_plugin.train import parse_args
+    from finecaption_plugin.training_args import check_architecture_flags
+
+    config = FineCaptionConfig.from_preset("tiny")
+    base = ["--output_dir", str(tmp_path), "--use_cpu", "True", "--report_to", "none"]
+    for flags, message in [
+        (["--mm_use_im_start_end", "True"], "mm_use_im_start_end"),
+        (["--input_image_size", "336"], "image_size 128"),
+        (["--tune_mask_branch", "True", "--full_finetune", "True"], "at most one"),
+    ]:
+        model_args, data_args, _ = parse_args([*base, *flags])
+        with pytest.raises(ValueError, match=message):
+            check_architecture_flags(model_args, data_args, config)
+
+
+@pytest.mark.parametrize(
+    ("flags", "trained"),
+    [
+        ({"tune_mask_branch": True}, {"mask"}),
+        ({"tune_mm_mlp_adapter": True}, {"projector", "connector"}),
+        ({"full_finetune": True}, {"mask", "connector", "projector", "vision", "language"}),
+        ({}, {"mask", "connector", "projector", "language"}),
+        ({"freeze_vision": False, "freeze_backbone": True}, {"mask", "connector", "projector", "vision"}),
+    ],
+)
+def test_stages_train_their_parts(tiny_checkpoint, flags, trained):
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+    from finecaption_plugin.lora import part_of, set_trainable, trained_parts
+    from finecaption_plugin.training_args import ModelArguments
+
+    model_args = ModelArguments(**flags)
+    training_args = SimpleNamespace(lora_enable=False, freeze_mm_mlp_adapter=False)
+    model = FineCaptionForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    counts = set_trainable(model, trained_parts(model_args, training_args), upcast=True)
+    assert {part for part, count in counts.items() if count} == trained
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (part_of(name) in trained), name
+    assert part_of("model.vision_tower.fast_mask_embed.weight") == "mask"
+    assert part_of("model.vision_tower.fast_tower.encoder.layers.0.self_attn.q_proj.weight") == "vision"
