@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "finecaption_plugin.convert",
     "finecaption_plugin.merge",
     "finecaption_plugin.metrics.command",
+    "finecaption_plugin.compositioncap",
 )
 
 

@@ -19,10 +19,14 @@ size, mask decodable and non-empty); errors name the record (its line, counting 
 the field. Scores: the five Table 2 metrics of ``finecaption_plugin.metrics`` over the whole task,
 computed once; with ``--output_path`` a per-attribute breakdown (``breakdown.json``) and a gallery
 (``index.html``, ``gallery.png``) go to ``OUTPUT/<model>/<date>_compositioncap_<task>/``.
+
+Commands: ``finecaption compositioncap-demo DIR`` writes a small synthetic folder for smoke runs;
+``finecaption compositioncap-convert IN OUT`` flattens the per-image nested form (``flatten_image``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -340,3 +344,83 @@ def write_demo_folder(root: str | Path, images: int = 4, seed: int = 0) -> Path:
     path = root / TEST_FILE
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path
+
+
+# -- the per-image nested form ------------------------------------------------------------------------
+
+
+def flatten_image(index: int, image: Mapping[str, Any]) -> list[dict]:
+    """The flat records of one per-image record of the nested form::
+
+        {"id"?: str, "image", "height", "width", "global_captions"?: [str],
+         "entities": [{"id", "mask", "dense_captions"?: [str], "attributes"?: {name: str | [str]}}]}
+
+    giving one "global" record, one "rdc" record per entity with dense captions and one "aarc"
+    record per entity attribute; ids are ``<image id>_<entity id>_<attribute>`` (``_dense``, ``_global``).
+    """
+    for field in ("image", "height", "width"):
+        if image.get(field) is None:
+            raise CompositionCapError(f"image record {index}: field {field!r}: missing")
+    image_id = image.get("id", Path(image["image"]).stem)
+    base = {"image": image["image"], "height": image["height"], "width": image["width"]}
+    records = []
+    for position, entity in enumerate(image.get("entities") or []):
+        if entity.get("id") is None or entity.get("mask") is None:
+            raise CompositionCapError(
+                f"image record {index} ('id' {image_id!r}): field 'entities[{position}]': needs 'id' and 'mask'"
+            )
+        region = {**base, "mask": entity["mask"]}
+        prefix = f"{image_id}_{entity['id']}"
+        if entity.get("dense_captions"):
+            records.append(
+                {"id": f"{prefix}_dense", **region, "task": "rdc", "attribute": None,
+                 "captions": list(entity["dense_captions"])}
+            )  # fmt: skip
+        for attribute, captions in (entity.get("attributes") or {}).items():
+            records.append(
+                {"id": f"{prefix}_{attribute}", **region, "task": "aarc", "attribute": attribute,
+                 "captions": [captions] if isinstance(captions, str) else list(captions)}
+            )  # fmt: skip
+    if image.get("global_captions"):
+        records.append(
+            {"id": f"{image_id}_global", **base, "mask": None, "task": "global", "attribute": None,
+             "captions": list(image["global_captions"])}
+        )  # fmt: skip
+    return records
+
+
+def convert_nested(source: str | Path, target: str | Path) -> int:
+    """Flatten a nested file (a JSON list or JSON lines of per-image records) into ``target`` (JSONL)."""
+    text = Path(source).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        images = json.loads(text)
+    else:
+        images = [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = [record for index, image in enumerate(images) for record in flatten_image(index, image)]
+    Path(target).write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    logger.info("wrote %d records of %d images to %s", len(records), len(images), target)
+    return len(records)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    print(write_demo_folder(args.directory, images=args.images, seed=args.seed))
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    print(f"{convert_nested(args.source, args.target)} records written to {args.target}")
+    return 0
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("compositioncap-demo", help="write a small synthetic CompositionCap folder")
+    demo.add_argument("directory", help="output folder (use it as COMPOSITIONCAP_ROOT)")
+    demo.add_argument("--images", type=int, default=4, help="number of images (7 records each)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_run_demo)
+    convert = subparsers.add_parser(
+        "compositioncap-convert", help="flatten per-image nested CompositionCap records to the task's JSONL"
+    )
+    convert.add_argument("source", help="nested file: a JSON list or JSON lines of per-image records")
+    convert.add_argument("target", help=f"flat JSON lines (name it {TEST_FILE} in the data folder)")
+    convert.set_defaults(func=_run_convert)

@@ -210,3 +210,47 @@ def test_aggregate_scores_once_and_writes_breakdown_and_gallery(
     assert breakdown["samples"] == 12 and set(breakdown["per_attribute"]) == {"color", "shape"}
     assert (out_dir / "index.html").is_file() and (out_dir / "gallery.png").is_file()
     assert "something else entirely" in (out_dir / "index.html").read_text()
+
+
+def test_nested_form_flattens_to_checked_records(root: Path, tmp_path: Path):
+    flat = _records(root)[:7]  # image 0: square (color, shape, dense), circle (same), global
+    nested = {
+        "id": "img0",
+        "image": flat[0]["image"],
+        "height": flat[0]["height"],
+        "width": flat[0]["width"],
+        "global_captions": flat[6]["captions"],
+        "entities": [
+            {
+                "id": shape,
+                "mask": flat[first]["mask"],
+                "dense_captions": flat[first + 2]["captions"],
+                "attributes": {"color": flat[first]["captions"][0], "shape": flat[first + 1]["captions"]},
+            }
+            for shape, first in (("square", 0), ("circle", 3))
+        ],
+    }
+    (tmp_path / "nested.json").write_text(json.dumps([nested]))
+    target = root / compositioncap.TEST_FILE
+    assert compositioncap.convert_nested(tmp_path / "nested.json", target) == 7
+    converted = _records(root)
+    key = lambda r: (r["task"], r["attribute"] or "", r["captions"][0])  # noqa: E731
+    assert sorted(map(key, converted)) == sorted(map(key, flat))
+    assert {r["id"] for r in converted} >= {"img0_square_color", "img0_circle_dense", "img0_global"}
+    for task in ("aarc", "rdc", "global"):
+        select_docs(_dataset(converted), task)  # every record passes the checks
+
+
+def test_nested_entity_without_mask_is_named(tmp_path: Path):
+    with pytest.raises(CompositionCapError, match=r"image record 0 \('id' 'a'\): field 'entities\[1\]'"):
+        compositioncap.flatten_image(
+            0, {"image": "a.png", "height": 2, "width": 2, "entities": [{"id": 1, "mask": "x"}, {"id": 2}]}
+        )
+
+
+def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from finecaption_plugin.cli import main
+
+    assert main(["compositioncap-demo", str(tmp_path / "demo"), "--images", "2"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "demo" / compositioncap.TEST_FILE)
+    assert len(_records(tmp_path / "demo")) == 14
