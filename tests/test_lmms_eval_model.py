@@ -172,3 +172,16 @@ def test_bad_arguments_are_clear(tiny_checkpoint: Path, tmp_path: Path):
         FineCaption(pretrained=str(tiny_checkpoint), batch_size="auto")
     with pytest.raises(ValueError, match="dtype='fp8'"):
         FineCaption(pretrained=str(tiny_checkpoint), dtype="fp8")
+
+
+def test_load_in_4bit_quantises_the_language_model_only(tiny_checkpoint: Path):
+    from bitsandbytes.nn import Linear4bit
+
+    model = FineCaption(pretrained=str(tiny_checkpoint), load_in_4bit=True, batch_size=2)
+    model.task_dict = {"t": {"test": _docs()}}
+    modules = dict(model.model.named_modules())
+    assert isinstance(modules["model.language_model.layers.0.self_attn.q_proj"], Linear4bit)
+    assert not any(isinstance(m, Linear4bit) for n, m in modules.items() if "vision_tower" in n or "projector" in n)
+    assert not isinstance(modules["lm_head"], Linear4bit)
+    answers = model.generate_until(_simple_requests(GREEDY))
+    assert len(answers) == 5 and all(isinstance(answer, str) for answer in answers)
