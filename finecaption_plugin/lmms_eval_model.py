@@ -60,8 +60,6 @@ class FineCaption(lmms):
         super().__init__()
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        import finecaption_plugin  # noqa: F401  (registers the Auto classes)
-
         from .lora import quantization_config
 
         if not Path(pretrained).is_dir():
