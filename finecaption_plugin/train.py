@@ -151,6 +151,7 @@ def build_trainer_class():
 def train(model_args, data_args, training_args):
     """Run (or resume) a training run -> the finished `FineCaptionTrainer` (its model, state and logs)."""
     from transformers import AutoProcessor, set_seed
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     from finecaption_plugin.conversation import get_template
     from finecaption_plugin.data import DataCollator, SupervisedDataset, build_samples, read_records
@@ -164,6 +165,8 @@ def train(model_args, data_args, training_args):
     from finecaption_plugin.training_args import check_architecture_flags
 
     set_seed(training_args.seed)  # LoRA's initialisation comes before the Trainer seeds
+    if training_args.bits in (4, 8) and is_deepspeed_zero3_enabled():
+        raise ValueError("--bits 4/8 (QLoRA) cannot run under ZeRO-3: use scripts/zero2.json or plain DDP")
     template = get_template(model_args.version)
     parts = trained_parts(model_args, training_args)
     if not data_args.data_path:

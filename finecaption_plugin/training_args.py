@@ -72,6 +72,9 @@ class TrainingArguments(transformers.TrainingArguments):
     remove_unused_columns: bool = field(default=False)
     # LLaVA scripts pass transformers 4's name; transformers 5 calls it eval_strategy.
     evaluation_strategy: str | None = field(default=None, metadata={"help": "old name of --eval_strategy"})
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "transformers 4's warmup fraction; transformers 5 takes it as --warmup_steps"}
+    )
     freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "keep the projector frozen"})
     mpt_attn_impl: str | None = field(default=None, metadata={"help": "accepted for LLaVA scripts; unused"})
     model_max_length: int = field(default=2048, metadata={"help": "longest sequence, image tokens included"})
@@ -92,6 +95,10 @@ class TrainingArguments(transformers.TrainingArguments):
     def __post_init__(self):
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
         if self.bits not in (4, 8, 16):
             raise ValueError(f"--bits must be 4, 8 or 16, got {self.bits}")
         if self.bits in (4, 8) and not self.lora_enable:

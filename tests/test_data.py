@@ -302,13 +302,15 @@ def test_llava_flags_parse_with_their_meaning(tmp_path):
     model_args, data_args, training_args = parse_args(
         [*base, "--evaluation_strategy", "no", "--lora_enable", "True", "--bits", "4", "--quant_type", "fp4",
          "--mm_projector_lr", "2e-5", "--version", "v1", "--image_aspect_ratio", "pad", "--vision_tower", "x",
-         "--mm_vision_select_layer", "-2", "--lazy_preprocess", "True", "--group_by_modality_length", "True"]
+         "--mm_vision_select_layer", "-2", "--lazy_preprocess", "True", "--group_by_modality_length", "True",
+         "--warmup_ratio", "0.03"]
     )  # fmt: skip
     assert (
         training_args.eval_strategy == "no" and training_args.bits == 4 and training_args.quant_type == "fp4"
     )
     assert training_args.mm_projector_lr == 2e-5 and model_args.version == "v1"
     assert data_args.image_aspect_ratio == "pad"
+    assert training_args.warmup_steps == 0.03  # transformers 5 reads a fraction from warmup_steps
     with pytest.raises(ValueError, match="--lora_enable True"):
         parse_args([*base, "--bits", "4"])
 

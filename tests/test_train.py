@@ -275,3 +275,28 @@ def test_killed_run_resumes_to_the_same_result(tiny_checkpoint, dataset, tmp_pat
     for name, value in adapters[1].items():
         if "lora_" in name:
             torch.testing.assert_close(adapters[0][name], value, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("script", ["finetune_qlora.sh", "finetune_lora.sh", "finetune_stages.sh"])
+def test_shipped_scripts_parse(script, tmp_path):
+    """The example scripts, run with stand-in launchers, pass flags that `finecaption train` accepts."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    for launcher in ("deepspeed", "torchrun"):
+        fake = tmp_path / launcher
+        fake.write_text(
+            f'#!/usr/bin/env bash\nprintf "%s\\0" "$@" >> {tmp_path}/calls\nprintf "\\n\\0" >> {tmp_path}/calls\n'
+        )
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    subprocess.run(["bash", str(scripts / script)], check=True, env=env, cwd=scripts.parent)
+    calls = [call.split("\0")[:-1] for call in (tmp_path / "calls").read_text().split("\n\0") if call]
+    assert calls
+    for argv in calls:
+        argv = argv[argv.index("finecaption_plugin.train") + 1 :]
+        config = json.loads((scripts.parent / argv[argv.index("--deepspeed") + 1]).read_text())
+        assert config["zero_optimization"]["stage"] in (2, 3)
+        del argv[argv.index("--deepspeed") : argv.index("--deepspeed") + 2]  # DeepSpeed is not installed here
+        model_args, data_args, training_args = parse_args([*argv, "--use_cpu", "True"])
+        if training_args.bits == 4:
+            assert config["zero_optimization"]["stage"] == 2 and training_args.lora_enable
+        assert training_args.gradient_checkpointing and data_args.image_aspect_ratio == "pad"
