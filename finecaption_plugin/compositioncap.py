@@ -203,14 +203,26 @@ _SCORES: dict[tuple, dict] = {}
 
 
 def aggregate(samples: Sequence[Mapping[str, Any]], metric: str, args: Any = None) -> float:
-    """``metric`` over all ``samples`` of a task; scores every metric once and writes the extras once."""
+    """``metric`` over all ``samples`` of a task; scores every metric once and writes the extras once.
+
+    A failure here comes after the model has answered everything: it is logged and the metric is NaN,
+    so that lmms-eval still saves the results and the samples log (rescore it with ``finecaption score``).
+    """
     key = tuple((s["task"], s["id"], s["prediction"]) for s in samples)
     if key not in _SCORES:
-        _SCORES[key] = _score(samples)
-        out_dir = _output_dir(args, samples[0]["task"])
-        if out_dir is not None:
-            write_extras(samples, _SCORES[key], out_dir)
-    return _SCORES[key][metric]
+        task = samples[0]["task"]
+        try:
+            _SCORES[key] = _score(samples)
+        except Exception:
+            logger.exception("scoring CompositionCap %s failed: its metrics are NaN", task)
+            _SCORES[key] = {}
+        out_dir = _output_dir(args, task)
+        if out_dir is not None and _SCORES[key]:
+            try:
+                write_extras(samples, _SCORES[key], out_dir)
+            except Exception:
+                logger.exception("could not write the CompositionCap %s breakdown and gallery to %s", task, out_dir)
+    return _SCORES[key].get(metric, float("nan"))
 
 
 def _score(samples: Sequence[Mapping[str, Any]]) -> dict:

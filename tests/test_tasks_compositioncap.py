@@ -254,3 +254,33 @@ def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert main(["compositioncap-demo", str(tmp_path / "demo"), "--images", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "demo" / compositioncap.TEST_FILE)
     assert len(_records(tmp_path / "demo")) == 14
+
+
+def test_a_scoring_failure_keeps_the_run(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog):
+    import finecaption_plugin.gallery as gallery
+    import finecaption_plugin.metrics as metrics
+
+    docs = select_docs(_dataset(_records(root)), "rdc")
+    samples = [compositioncap.process_results(doc, [f"answer {i}"])["METEOR"] for i, doc in enumerate(docs)]
+    calls = []
+
+    def no_java(*args, **kwargs):
+        calls.append(1)
+        raise metrics.JavaNotFoundError("no java")
+
+    monkeypatch.setattr(metrics, "caption_scores", no_java)
+    values = [compositioncap.aggregate(samples, metric) for metric in compositioncap.METRICS]
+    assert len(calls) == 1 and all(np.isnan(values))
+    assert "scoring CompositionCap rdc failed" in caplog.text
+
+    def broken_gallery(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(metrics, "caption_scores", lambda *a, **k: dict.fromkeys(compositioncap.METRICS, 1.0))
+    monkeypatch.setattr(gallery, "write_gallery", broken_gallery)
+    args = Namespace(output_path=str(tmp_path / "out"), model_args="pretrained=tiny")
+    samples[0] = dict(samples[0], prediction="another answer")
+    assert compositioncap.aggregate(samples, "CIDEr", args) == 1.0
+    assert "could not write the CompositionCap rdc breakdown and gallery" in caplog.text
+    (out_dir,) = (tmp_path / "out" / "tiny").iterdir()
+    assert json.loads((out_dir / "breakdown.json").read_text())["scores"]["CIDEr"] == 1.0
