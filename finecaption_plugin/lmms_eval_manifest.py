@@ -1,7 +1,8 @@
 """lmms-eval's entry point into the plugin (group ``lmms_eval.models``): the model manifest, and fixes.
 
 lmms-eval loads every entry point of the group while it imports ``lmms_eval.models`` and skips *all*
-of them if one raises, so this module imports nothing heavy and ``model_manifests`` never raises.
+of them if one raises, so this module adds no imports beyond the package's own (whose ``__init__``
+registers the Auto classes) and ``model_manifests`` never raises; the model class loads on first use.
 
 That import is also the only moment the plugin runs inside a plain ``lmms-eval`` command before the
 evaluation starts, so ``model_manifests`` applies two small fixes to lmms-eval 0.7.3 there (the
@@ -20,6 +21,8 @@ import functools
 import logging
 import sys
 import traceback
+
+from .cli import tasks_dir
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +57,8 @@ def patch_lmms_eval() -> None:
     @functools.wraps(original)
     def initialize_tasks(self, include_path=None, include_defaults=True):
         paths = [include_path] if isinstance(include_path, str) else list(include_path or [])
-        tasks_dir = _tasks_dir()
-        if tasks_dir not in paths:
-            paths.append(tasks_dir)
+        if tasks_dir() not in paths:
+            paths.append(tasks_dir())
         # lmms-eval's CLI builds the TaskManager once its modules are all loaded: the first moment
         # `simple_evaluate` exists to be wrapped (this module is imported while it is being defined).
         _exit_on_failure()
@@ -64,12 +66,6 @@ def patch_lmms_eval() -> None:
 
     initialize_tasks._finecaption_patched = True
     TaskManager.initialize_tasks = initialize_tasks
-
-
-def _tasks_dir() -> str:
-    from .cli import tasks_dir
-
-    return tasks_dir()
 
 
 def _exit_on_failure() -> None:
