@@ -17,11 +17,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: install
-	$(PY) -m ruff check finecaption_plugin tasks patches tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 lint: install
-	$(PY) -m ruff check finecaption_plugin tasks patches tests benchmarks
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info
