@@ -69,16 +69,17 @@ def caption_scores(
     selected = _select(metrics)
     _check_inputs(predictions, references, groups)
     setting = resolve_setting(bertscore_model, bertscore_layer) if "BERTScore" in selected else None
-    n = len(predictions)
     scored: list[Scored] = []
     with ExitStack() as stack:
-        # Started first: METEOR's JVM spends seconds loading its paraphrase table while we tokenise.
-        meteor = stack.enter_context(MeteorProcess()) if "METEOR" in selected else None
+        meteor = pending_meteor = None
+        if "METEOR" in selected:
+            # The pool is entered first so that, on an error, METEOR is killed before the pool waits for it.
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            # Started first: METEOR's JVM spends seconds loading its paraphrase table while we tokenise.
+            meteor = stack.enter_context(MeteorProcess())
         if selected - {"BERTScore"}:
             hypotheses, tokenized_refs = _tokenize(predictions, references)
-            pending_meteor = None
             if meteor is not None:
-                pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
                 pending_meteor = pool.submit(meteor.segment_stats, hypotheses, tokenized_refs)
             if "BLEU" in selected:
                 scored.append(_bleu(hypotheses, tokenized_refs))
@@ -86,13 +87,13 @@ def caption_scores(
                 scored.append(_rouge(hypotheses, tokenized_refs))
             if "CIDEr" in selected:
                 scored.append(_cider(hypotheses, tokenized_refs))
-            if pending_meteor is not None:
-                scored.append(_meteor(meteor, pending_meteor.result()))
-        result = _collect(scored, n, groups)
+        if setting is not None:  # on the untokenised captions, as bert-score expects
+            f1 = {"BERTScore": bert_f1(predictions, references, setting, device=device)}
+            scored.append((f1, _mean_of(f1)))
+        if pending_meteor is not None:
+            scored.append(_meteor(meteor, pending_meteor.result()))
+        result = _collect(scored, len(predictions), groups)
     if setting is not None:
-        f1 = bert_f1(predictions, references, setting, device=device)
-        bert = _collect([({"BERTScore": f1}, _mean_of({"BERTScore": f1}))], n, groups)
-        _merge(result, bert)
         result["bertscore"] = setting.describe()
     return result
 
@@ -217,10 +218,3 @@ def _collect(scored: list[Scored], n: int, groups: Sequence[Hashable] | None) ->
 
 def _x100(scores: dict[str, float]) -> dict[str, float]:
     return {key: 100 * float(scores[key]) for key in SCORE_KEYS if key in scores}
-
-
-def _merge(result: dict, extra: dict) -> None:
-    result.update({key: extra[key] for key in SCORE_KEYS if key in extra})
-    result["per_sample"].update(extra["per_sample"])
-    for label, scores in extra.get("groups", {}).items():
-        result["groups"].setdefault(label, {}).update(scores)
