@@ -55,8 +55,7 @@ def load_model(model_args, training_args):
     """The FineCaption checkpoint at ``--model_name_or_path``, quantised for ``--bits 4|8``."""
     from transformers import AutoConfig
 
-    import finecaption_plugin  # noqa: F401  (registers the model type)
-    from finecaption_plugin import FineCaptionForConditionalGeneration
+    from finecaption_plugin import FineCaptionForConditionalGeneration  # the package registers the model type
     from finecaption_plugin.lora import quantization_config
 
     if not model_args.model_name_or_path:
