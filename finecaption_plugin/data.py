@@ -37,7 +37,7 @@ from .conversation import (
     normalize_turns,
     tokenize_segments,
 )
-from .masks import MaskError, load_mask
+from .masks import MaskError, is_mask_path, load_mask
 from .prompts import task_prompt
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def build_samples(
         mask = record.get("mask")
         if mask is not None and image is None:
             raise DataError(f"{name}: field 'mask': a mask needs an 'image'")
-        if isinstance(mask, str) and _is_mask_path(mask) and not _resolve(mask, root).is_file():
+        if isinstance(mask, str) and is_mask_path(mask) and not _resolve(mask, root).is_file():
             raise DataError(f"{name}: field 'mask': file not found: {_resolve(mask, root)}")
         try:
             if "conversations" in record:
@@ -160,11 +160,6 @@ def build_samples(
 
 def _resolve(path: str, root: Path | None) -> Path:
     return root / path if root is not None and not Path(path).is_absolute() else Path(path)
-
-
-def _is_mask_path(value: str) -> bool:
-    # A CompositionCap mask is base64 text; a mask file path has an image suffix.
-    return Path(value).suffix.lower() in Image.registered_extensions()
 
 
 class SupervisedDataset(Dataset):
@@ -202,7 +197,7 @@ class SupervisedDataset(Dataset):
         try:
             with Image.open(_resolve(sample.image, self.root)) as image:
                 image = image.convert("RGB")
-        except OSError as err:
+        except (OSError, Image.DecompressionBombError) as err:
             raise DataError(f"{sample.name}: field 'image': cannot read {sample.image}: {err}") from None
         if sample.mask is None:
             return image, None

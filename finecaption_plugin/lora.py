@@ -94,21 +94,23 @@ def add_lora(model: nn.Module, training_args) -> nn.Module:
 
 
 def set_trainable(model: nn.Module, parts: set[str], upcast: bool) -> dict[str, int]:
-    """Freeze every parameter outside ``parts`` (LoRA weights stay trainable) -> trained counts per part.
+    """Freeze every parameter outside ``parts`` (what peft trains stays trainable) -> trained counts per part.
 
     With ``upcast``, trained parameters are kept in float32 (the optimizer's master copy); frozen ones keep
     the load dtype. DeepSpeed manages dtypes itself, so it runs without upcast.
     """
     counts = dict.fromkeys((*PARTS, "lora"), 0)
+    is_peft = hasattr(model, "peft_config")
     for name, param in model.named_parameters():
-        if "lora_" in name:
+        # peft leaves trainable its LoRA weights and, with --lora_bias all|lora_only, the biases it chose.
+        if "lora_" in name or (is_peft and param.requires_grad and name.endswith(".bias")):
             part, train = "lora", True
         else:
             part = part_of(name)
             train = part in parts and param.dtype.is_floating_point
         param.requires_grad_(train)
         if train:
-            counts[part] += param.numel()
+            counts[part] += getattr(param, "ds_numel", param.numel())  # ZeRO-3 leaves 0 elements per rank
             if upcast and param.dtype != torch.float32:
                 param.data = param.data.float()
     if not any(counts.values()):

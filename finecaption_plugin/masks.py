@@ -326,7 +326,8 @@ def _from_path(path: Path, root: str | Path | None) -> np.ndarray:
         raise MaskError(f"cannot read mask image {path}: {err}") from None
 
 
-def _looks_like_path(value: str) -> bool:
+def is_mask_path(value: str) -> bool:
+    """Whether a string names a mask image file rather than holding an encoded mask."""
     # CompositionCap strings are base64 and never contain a dot, so an image suffix marks a path.
     return Path(value).suffix.lower() in Image.registered_extensions()
 
@@ -350,7 +351,7 @@ def load_mask(
         mask = _from_image(value)
     elif isinstance(value, np.ndarray):
         mask = _as_bool(value)
-    elif isinstance(value, Path) or isinstance(value, str) and _looks_like_path(value):
+    elif isinstance(value, Path) or isinstance(value, str) and is_mask_path(value):
         mask = _from_path(Path(value), root)
     elif isinstance(value, (str, bytes)):
         mask = decode_compositioncap(value, height, width)

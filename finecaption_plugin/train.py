@@ -208,8 +208,9 @@ def train(model_args, data_args, training_args):
     resume = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
     if resume is not None:
         logger.info("resuming from %s", resume)
-        if training_args.lora_enable:
+        if training_args.lora_enable and not training_args.deepspeed:
             # The Trainer restores the adapter only; the fully trained parts come from LLaVA's file.
+            # (DeepSpeed's own checkpoint holds every trained weight, partitioned, and restores them.)
             load_non_lora_trainables(model, Path(resume) / NON_LORA_FILE)
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     trainer.save_state()

@@ -64,6 +64,10 @@ class DataArguments:
     lazy_preprocess: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts; always lazy"})
     is_multimodal: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts"})
 
+    def __post_init__(self):
+        if self.image_aspect_ratio not in ("square", "pad"):
+            raise ValueError(f"--image_aspect_ratio must be square or pad, got {self.image_aspect_ratio!r}")
+
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
@@ -130,8 +134,6 @@ def check_architecture_flags(model_args: ModelArguments, data_args: DataArgument
             f"--input_image_size {model_args.input_image_size} differs from the checkpoint's image_size "
             f"{config.image_size}"
         )
-    if data_args.image_aspect_ratio not in ("square", "pad"):
-        raise ValueError(f"--image_aspect_ratio must be square or pad, got {data_args.image_aspect_ratio!r}")
     stages = [model_args.tune_mm_mlp_adapter, model_args.tune_mask_branch, model_args.full_finetune]
     if sum(stages) > 1:
         raise ValueError("choose at most one of --tune_mm_mlp_adapter, --tune_mask_branch, --full_finetune")

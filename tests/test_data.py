@@ -241,13 +241,30 @@ def test_bad_records_are_named_when_read(processor, image_folder, record, messag
     [
         ({"mask": "bm90IGd6aXA=", "height": HEIGHT, "width": WIDTH}, r"record 0 \('id' bad\): field 'mask'"),
         ({"mask": [[1, 1, 5, 1, 5, 5]], "height": 10, "width": 10}, "fields 'height'/'width' say 10x10"),
+        ({"mask": "small_mask.png"}, rf"record 0 \('id' bad\): field 'mask': .*32x48.*expected {HEIGHT}x{WIDTH}"),
+        ({"mask": "empty_mask.png"}, r"record 0 \('id' bad\): field 'mask': .*empty"),
     ],
 )
 def test_unreadable_masks_are_named_when_loaded(processor, image_folder, fields, message):
+    Image.fromarray(np.full((32, 48), 255, np.uint8)).save(image_folder / "small_mask.png")
+    Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(image_folder / "empty_mask.png")
     dataset = _dataset(
         [{"id": "bad", "image": "a.png", "conversations": _conversation(), **fields}], processor, image_folder
     )
     with pytest.raises(DataError, match=message):
+        dataset[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_unreadable_images_are_named_when_loaded(processor, image_folder, damage, monkeypatch):
+    from PIL import ImageFile
+
+    # lmms-eval, once imported, lets PIL load truncated images for the whole process; training does not.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
+    data = (image_folder / "a.png").read_bytes()
+    (image_folder / "b.png").write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not an image")
+    dataset = _dataset([{"id": "bad", "image": "b.png", "conversations": _conversation()}], processor, image_folder)
+    with pytest.raises(DataError, match=r"record 0 \('id' bad\): field 'image': cannot read b.png"):
         dataset[0]
 
 
@@ -313,6 +330,8 @@ def test_llava_flags_parse_with_their_meaning(tmp_path):
     assert training_args.warmup_steps == 0.03  # transformers 5 reads a fraction from warmup_steps
     with pytest.raises(ValueError, match="--lora_enable True"):
         parse_args([*base, "--bits", "4"])
+    with pytest.raises(ValueError, match="--image_aspect_ratio must be square or pad"):
+        parse_args([*base, "--image_aspect_ratio", "anyres"])  # refused before any model is loaded
 
 
 def test_architecture_flags_must_match_the_checkpoint(tmp_path):
@@ -356,3 +375,24 @@ def test_stages_train_their_parts(tiny_checkpoint, flags, trained):
         assert param.requires_grad == (part_of(name) in trained), name
     assert part_of("model.vision_tower.fast_mask_embed.weight") == "mask"
     assert part_of("model.vision_tower.fast_tower.encoder.layers.0.self_attn.q_proj.weight") == "vision"
+
+
+@pytest.mark.parametrize("lora_bias", ["none", "all", "lora_only"])
+def test_lora_bias_flag_keeps_the_biases_peft_trains(lora_bias):
+    from finecaption_plugin import FineCaptionConfig, FineCaptionForConditionalGeneration
+    from finecaption_plugin.lora import add_lora, set_trainable
+
+    # The tiny LLaMA gets biases in its attention, so that "lora_only" has LoRA-wrapped biases to train.
+    config = FineCaptionConfig.from_preset("tiny", text_config={"attention_bias": True})
+    model = FineCaptionForConditionalGeneration(config)
+    training_args = SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_bias=lora_bias)
+    model = add_lora(model, training_args)
+    counts = set_trainable(model, {"mask"}, upcast=True)
+    biases = {name for name, param in model.named_parameters() if param.requires_grad and name.endswith(".bias")}
+    assert counts["lora"] > 0 and counts["vision"] == counts["language"] == 0
+    if lora_bias == "none":
+        assert not biases
+    elif lora_bias == "lora_only":
+        assert biases and all(".language_model.layers." in name and "base_layer" in name for name in biases)
+    else:  # peft's "all": every bias of the model, vision ones included (as in LLaVA)
+        assert any(".language_model." in name for name in biases) and any(".fast_tower." in name for name in biases)
