@@ -64,7 +64,8 @@ class FineCaptionImageProcessor(BaseImageProcessor):
         """A PIL image -> `[3, S, S]` float32, normalised."""
         pixels = np.asarray(image.convert("RGB"))
         if self.aspect_ratio == "pad":
-            pixels = pad_to_square(pixels, [round(mean * 255) for mean in self.image_mean])
+            # Truncated, not rounded: LLaVA's `expand2square(image, tuple(int(x * 255) for x in image_mean))`.
+            pixels = pad_to_square(pixels, [int(mean * 255) for mean in self.image_mean])
         size = (self.image_size, self.image_size)
         resized = Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC)
         array = np.asarray(resized, dtype=np.float32) / 255.0

@@ -47,7 +47,12 @@ def test_padding_is_mean_colour_and_outside_the_region():
     out = processor(image, masks=mask, return_tensors="pt")
     top_band, middle = out["mask_values"][0, 0, :10], out["mask_values"][0, 0, 24:40]
     assert torch.all(top_band == 0) and torch.all(middle == 1)
-    assert out["pixel_values"][0, :, :10].abs().max() < 0.02  # mean colour normalises to about zero
+    # LLaVA's expand2square fill, tuple(int(x * 255) for x in CLIP's mean): (122, 116, 104), not the rounded 123, 117.
+    mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
+    padding = out["pixel_values"][0, :, :10] * std[:, None, None] + mean[:, None, None]
+    torch.testing.assert_close(
+        padding * 255, torch.tensor([122.0, 116.0, 104.0])[:, None, None].expand_as(padding), rtol=0, atol=1e-3
+    )
 
 
 def test_every_mask_form_gives_the_same_mask_values():
