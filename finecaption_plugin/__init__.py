@@ -25,8 +25,12 @@ AutoConfig.register(FineCaptionConfig.model_type, FineCaptionConfig, exist_ok=Tr
 AutoModel.register(FineCaptionConfig, FineCaptionModel, exist_ok=True)
 AutoModelForImageTextToText.register(FineCaptionConfig, FineCaptionForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(FineCaptionConfig, FineCaptionForConditionalGeneration, exist_ok=True)
+# One NumPy/PIL implementation serves both backend names: AutoImageProcessor asks for "torchvision" by default and,
+# finding only "pil", would warn about a fallback on every load.
 AutoImageProcessor.register(
-    FineCaptionConfig, image_processor_classes={"pil": FineCaptionImageProcessor}, exist_ok=True
+    FineCaptionConfig,
+    image_processor_classes={"torchvision": FineCaptionImageProcessor, "pil": FineCaptionImageProcessor},
+    exist_ok=True,
 )
 AutoProcessor.register(FineCaptionConfig, FineCaptionProcessor, exist_ok=True)
 

@@ -105,3 +105,14 @@ def test_bad_inputs_are_clear_errors(processor):
         processor(text=["<image><image>"], images=[image])
     with pytest.raises(ValueError, match="one mask"):
         processor(text=["<image>", "<image>"], images=[image, image], masks=[mask])
+
+
+def test_loading_the_processor_logs_no_backend_fallback(tiny_checkpoint):
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.warning_once.cache_clear()  # an earlier load in this session may have used up the "once"
+    with CaptureLogger(hf_logging.get_logger("transformers")) as captured:
+        processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    assert isinstance(processor.image_processor, FineCaptionImageProcessor)
+    assert "backend" not in captured.out, captured.out
