@@ -8,7 +8,10 @@ A region reaches the model through the visual itself: an RGBA image whose alpha 
 Model args (``--model_args key=value,...``): ``pretrained`` (local checkpoint folder), ``dtype``
 (``auto``, ``float32``, ``bfloat16``, ``float16``), ``device``, ``device_map``, ``attn_implementation``,
 ``load_in_4bit``/``load_in_8bit`` (bitsandbytes; vision side, projector and lm_head stay unquantised),
-``max_new_tokens`` (overrides the task's), ``system_prompt`` (text or a file), ``use_cache``.
+``max_new_tokens`` (overrides the task's), ``system_prompt`` (text or a file), ``use_cache``,
+``on_error`` (``skip``: a failing batch is retried one request at a time and a request that still
+fails is answered ``""`` and logged, so one bad visual or an out-of-memory batch costs only that
+answer; ``raise``: the first error ends the run).
 ``--batch_size N`` batches requests with equal generation settings (left padding); results come
 back in request order. Under ``torchrun``/``accelerate launch`` each process takes its share.
 """
@@ -29,12 +32,14 @@ from lmms_eval.protocol import ChatMessages
 from PIL import Image
 from tqdm import tqdm
 
+from .masks import MaskError
 from .visual_prompts import mask_from_alpha
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGE_TOKEN = "<image>"
+ON_ERROR = ("skip", "raise")
 
 
 class FineCaption(lmms):
@@ -56,6 +61,7 @@ class FineCaption(lmms):
         batch_size: int | str = 1,
         system_prompt: str | None = None,
         use_cache: bool = True,
+        on_error: str = "skip",
     ) -> None:
         super().__init__()
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -70,6 +76,8 @@ class FineCaption(lmms):
             raise ValueError("choose one of load_in_4bit and load_in_8bit")
         if dtype != "auto" and dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}: expected auto or one of {', '.join(DTYPES)}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error={on_error!r}: expected one of {', '.join(ON_ERROR)}")
         torch_dtype = DTYPES.get(dtype, "auto")
 
         self.accelerator = Accelerator()
@@ -100,6 +108,7 @@ class FineCaption(lmms):
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.system_prompt = self._resolve_system_prompt(system_prompt)
         self.use_cache = bool(use_cache)
+        self.on_error = on_error
         logger.info(
             "FineCaption from %s on %s (rank %d of %d)",
             pretrained,
@@ -157,7 +166,11 @@ class FineCaption(lmms):
                         f"finecaption takes PIL images, got {type(visual).__name__} "
                         f"(task {args[-2]!r}, doc {args[-3]})"
                     )
-                masks.append(mask_from_alpha(visual))
+                try:
+                    masks.append(mask_from_alpha(visual))
+                except MaskError as error:  # e.g. a transparent PNG of another task: not a region
+                    logger.warning("task %r doc %s: %s; using the whole image", args[-2], args[-3], error)
+                    masks.append(None)
                 images.append(visual.convert("RGB"))
         return texts, images, masks
 
@@ -213,15 +226,36 @@ class FineCaption(lmms):
             grouping=True,
         )
         answers: list[str] = []
+        failed = 0
         progress = tqdm(total=len(arguments), disable=self.rank != 0, desc="FineCaption responding")
         for batch in collator.get_batched(n=self.batch_size):
-            batch_answers = self._generate(batch, batch[0][index])
+            batch_answers = self._generate_or_skip(batch, batch[0][index])
             for args, answer in zip(batch, batch_answers, strict=True):
-                self.cache_hook.add_partial("generate_until", (args[0], args[index]), answer)
-            answers.extend(batch_answers)
+                if answer is None:
+                    failed += 1
+                else:
+                    self.cache_hook.add_partial("generate_until", (args[0], args[index]), answer)
+            answers.extend("" if answer is None else answer for answer in batch_answers)
             progress.update(len(batch))
         progress.close()
+        if failed:
+            logger.warning("finecaption: %d of %d requests failed and were answered with ''", failed, len(arguments))
         return collator.get_original(answers)
+
+    def _generate_or_skip(self, batch: Sequence[tuple], gen_kwargs: dict) -> list[str | None]:
+        """Answers to ``batch``; with ``on_error=skip`` a failing batch is retried one request at a
+        time, and a request that fails alone gets None (logged with its task and doc)."""
+        if self.on_error == "raise":
+            return self._generate(batch, gen_kwargs)
+        try:
+            return self._generate(batch, gen_kwargs)
+        except Exception as error:
+            _release_memory(error)
+            if len(batch) == 1:
+                logger.warning("task %r doc %s failed, answered with '': %r", batch[0][-2], batch[0][-3], error)
+                return [None]
+            logger.warning("a batch of %d failed (%r): retrying one request at a time", len(batch), error)
+        return [answer for args in batch for answer in self._generate_or_skip([args], gen_kwargs)]
 
     @torch.inference_mode()
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
@@ -261,6 +295,12 @@ class FineCaptionChat(FineCaption):
         if videos or audios:
             raise ValueError(f"finecaption takes images and text only (task {task!r}, doc {doc_id})")
         return chat.to_hf_messages(), images
+
+
+def _release_memory(error: Exception) -> None:
+    # An out-of-memory batch leaves cached blocks behind; the one-by-one retry needs them back.
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
 
 
 def _cut(text: str, stops: Sequence[str]) -> str:

@@ -84,19 +84,23 @@ def image_with_mask_alpha(image: Image.Image, mask: np.ndarray) -> Image.Image:
 
 
 def mask_from_alpha(image: Image.Image) -> np.ndarray | None:
-    """The mask an RGBA image carries (alpha >= 128) -> bool [H, W]; None without alpha or fully opaque.
+    """The mask an RGBA image carries (alpha 255 inside, 0 outside) -> bool [H, W]; None without alpha
+    or fully opaque. This is how the lmms-eval model receives a region through lmms-eval's visuals.
 
-    This is how the lmms-eval model receives a region through lmms-eval's list of visuals.
+    Raises ``MaskError`` for an alpha channel that is not such a mask: fully transparent, or holding
+    values other than 0 and 255 (a soft alpha, as in an ordinary transparent PNG).
     """
     if "A" not in image.getbands():
         return None
     alpha = np.asarray(image.getchannel("A"))
     if alpha.min() == 255:
         return None
-    mask = alpha >= 128
-    if not mask.any():
-        raise MaskError("the image's alpha channel is (almost) fully transparent: the region mask is empty")
-    return mask
+    if alpha.max() == 0:
+        raise MaskError("the image's alpha channel is fully transparent: the region mask would be empty")
+    soft = np.count_nonzero((alpha != 0) & (alpha != 255))
+    if soft:
+        raise MaskError(f"the image's alpha channel is not a mask: {soft} pixels are neither 0 nor 255")
+    return alpha == 255
 
 
 def _render_mask(image: Image.Image, mask: np.ndarray, box: Box) -> Image.Image:

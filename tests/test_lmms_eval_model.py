@@ -147,6 +147,56 @@ def test_stop_strings_cut_the_answer(simple: FineCaption):
     assert stop and stop not in cut and free.startswith(cut)
 
 
+def _broken_visual(doc: dict) -> list[Image.Image]:
+    raise OSError("image file is truncated")
+
+
+def _with_visual(request: Instance, doc_to_visual) -> Instance:
+    request.arguments = (*request.arguments[:2], doc_to_visual, *request.arguments[3:])
+    return request
+
+
+def test_a_failing_request_costs_only_its_own_answer(
+    simple: FineCaption, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    expected = simple.generate_until(_simple_requests(GREEDY))
+    monkeypatch.setattr(simple, "batch_size_per_gpu", 3)
+    requests = _simple_requests(GREEDY)
+    _with_visual(requests[4], _broken_visual)  # batched with docs 1 and 0 (longest prompts first)
+    calls = []
+    generate = simple._generate
+    monkeypatch.setattr(simple, "_generate", lambda batch, kw: calls.append(len(batch)) or generate(batch, kw))
+    answers = simple.generate_until(requests)
+    assert answers == [*expected[:4], ""]  # the others, in request order
+    assert sorted(calls) == [1, 1, 1, 2, 3]  # the failing batch of 3 retried one request at a time
+    assert "task 't' doc 4 failed" in caplog.text and "image file is truncated" in caplog.text
+    assert "1 of 5 requests failed" in caplog.text
+
+
+def test_on_error_raise_ends_the_run(simple: FineCaption, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(simple, "on_error", "raise")
+    requests = _simple_requests(GREEDY)
+    _with_visual(requests[2], _broken_visual)
+    with pytest.raises(OSError, match="image file is truncated"):
+        simple.generate_until(requests)
+
+
+def test_an_alpha_that_is_not_a_mask_means_the_whole_image(simple: FineCaption, caplog: pytest.LogCaptureFixture):
+    image = _docs()[1]["image"]  # a doc without region
+    transparent = image.convert("RGBA")
+    transparent.putalpha(0)
+    soft = image.convert("RGBA")
+    soft.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, image.width).astype(np.uint8), (image.height, 1))))
+    (whole,) = simple.generate_until(_simple_requests(GREEDY)[1:2])
+    for visual in (transparent, soft):
+        request = _with_visual(_simple_requests(GREEDY)[1], lambda doc, visual=visual: [visual])
+        texts, images, masks = simple._inputs([request.args])
+        assert masks == [None] and np.array_equal(np.asarray(images[0]), np.asarray(image))
+        assert simple.generate_until([request]) == [whole]
+    assert "task 't' doc 1: the image's alpha channel is fully transparent" in caplog.text
+    assert "neither 0 nor 255; using the whole image" in caplog.text
+
+
 def test_loglikelihood_matches_token_by_token_scoring(simple: FineCaption):
     metadata = {"task": "t", "doc_id": 0, "repeats": 1}
     ((score, is_greedy),) = simple.loglikelihood(
@@ -172,6 +222,8 @@ def test_bad_arguments_are_clear(tiny_checkpoint: Path, tmp_path: Path):
         FineCaption(pretrained=str(tiny_checkpoint), batch_size="auto")
     with pytest.raises(ValueError, match="dtype='fp8'"):
         FineCaption(pretrained=str(tiny_checkpoint), dtype="fp8")
+    with pytest.raises(ValueError, match="on_error='ignore': expected one of skip, raise"):
+        FineCaption(pretrained=str(tiny_checkpoint), on_error="ignore")
 
 
 def test_load_in_4bit_quantises_the_language_model_only(tiny_checkpoint: Path):

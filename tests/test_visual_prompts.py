@@ -150,6 +150,10 @@ def test_alpha_round_trip_and_edge_cases():
     assert mask_from_alpha(image_with_mask_alpha(image, np.ones((120, 160), bool))) is None
     with pytest.raises(MaskError, match="fully transparent"):
         mask_from_alpha(image_with_mask_alpha(image, np.zeros((120, 160), bool)))
+    soft = rgba.copy()
+    soft.putpixel((3, 4), (*soft.getpixel((3, 4))[:3], 128))  # one anti-aliased pixel: a soft alpha
+    with pytest.raises(MaskError, match="not a mask: 1 pixels are neither 0 nor 255"):
+        mask_from_alpha(soft)
     with pytest.raises(MaskError, match="expected 120x160"):
         image_with_mask_alpha(image, np.ones((10, 10), bool))
 
