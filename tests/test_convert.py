@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_llava_hr import align, mr_adapter
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -143,18 +144,24 @@ def _write_llava_hr(folder: Path, state: dict[str, torch.Tensor], fmt: str) -> P
     return folder
 
 
-def _align(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
-    if feature_map.shape[-1] < grid:
-        feature_map = F.interpolate(feature_map, size=(grid, grid), mode="bilinear", align_corners=True)
-    elif feature_map.shape[-1] > grid:
-        feature_map = F.avg_pool2d(feature_map, feature_map.shape[-1] // grid)
-    return feature_map.flatten(2).transpose(1, 2)
+def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def _reference_features(
-    state: dict, clip_prefix: str, native_size: int, pixels: torch.Tensor
+    state: dict,
+    clip_prefix: str,
+    native_size: int,
+    pixels: torch.Tensor,
+    mask_weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """LLaVA-HR's image features, `[batch, tokens, llm_hidden]`, from the source tensors."""
+    """LLaVA-HR's image features, `[batch, tokens, llm_hidden]`, from the source tensors and `[batch, 3, S, S]` pixels.
+
+    With `mask_weight` (Alpha-CLIP's `conv1_alpha`, `[width, 1, patch, patch]`), FineCaption's mask branch as
+    DESIGN.md states it: the `[batch, 1, S, S]` 0/1 `mask` (None: the whole image) normalised `(m - 0.5) / 0.26`,
+    resized to the CLIP input, patch-convolved and added to the RGB patch embeddings before the positions.
+    """
     import timm.models.convnext as convnext
 
     fast_prefix = SRC + "fast_vision_tower.vision_tower." + clip_prefix
@@ -164,13 +171,17 @@ def _reference_features(
 
     slow = convnext.ConvNeXt(depths=SLOW_DEPTHS, dims=SLOW_DIMS, num_classes=10).eval()
     slow_prefix = SRC + "slow_vision_tower.vision_tower."
-    slow.load_state_dict({k[len(slow_prefix) :]: v for k, v in state.items() if k.startswith(slow_prefix)})
+    slow.load_state_dict(_sub_state(state, slow_prefix))
     slow_map = slow.stages(slow.stem(pixels))
 
     grid = IMAGE_SIZE // 32
     fast_size = max(grid * PATCH, native_size)
     fast_pixels = F.interpolate(pixels, size=(fast_size, fast_size), mode="bilinear", align_corners=True)
     patches = F.conv2d(fast_pixels, fast("embeddings.patch_embedding.weight"), stride=PATCH)
+    if mask_weight is not None:
+        alpha = ((torch.ones_like(pixels[:, :1]) if mask is None else mask) - 0.5) / 0.26
+        alpha = F.interpolate(alpha, size=(fast_size, fast_size), mode="bilinear", align_corners=True)
+        patches = patches + F.conv2d(alpha, mask_weight, stride=PATCH)
     fast_grid, old = patches.shape[-1], native_size // PATCH
     positions = (
         fast("embeddings.position_embedding.weight")[1:].reshape(1, old, old, WIDTH).permute(0, 3, 1, 2)
@@ -185,41 +196,18 @@ def _reference_features(
     )
     for index in range(4):
         layer = CLIPEncoderLayer(layer_config).eval()
-        prefix = f"{fast_prefix}encoder.layers.{index}."
-        layer.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        layer.load_state_dict(_sub_state(state, f"{fast_prefix}encoder.layers.{index}."))
         tokens = layer(tokens, None)
         if index < 3:
-            tokens = _reference_adapter(state, index, tokens, slow_map)
+            tokens = mr_adapter(_sub_state(state, f"{SRC}align_stages_latent.{index}."), tokens, slow_map)
 
     def linear(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, state[name + ".weight"], state[name + ".bias"])
 
     fused = linear(tokens, SRC + "align_stages.0.fast_proj") + linear(
-        _align(slow_map, fast_grid), SRC + "align_stages.0.slow_proj"
+        align(slow_map, fast_grid), SRC + "align_stages.0.slow_proj"
     )
     return linear(F.gelu(linear(fused, "model.mm_projector.0")), "model.mm_projector.2")
-
-
-def _reference_adapter(state: dict, index: int, tokens: torch.Tensor, slow_map: torch.Tensor) -> torch.Tensor:
-    def w(name: str) -> torch.Tensor:
-        return state[f"{SRC}align_stages_latent.{index}.{name}"]
-
-    batch, length, width = tokens.shape
-    grid = int(length**0.5)
-    high = F.conv2d(
-        F.gelu(F.conv2d(slow_map, w("slow_conv.weight"), w("slow_conv.bias"))),
-        w("slow_proj.weight"),
-        w("slow_proj.bias"),
-    )
-    high = _align(high, grid)
-    low = tokens.transpose(1, 2).reshape(batch, width, grid, grid)
-    hidden = F.gelu(F.conv2d(low, w("fast_conv.weight"), w("fast_conv.bias"), padding=3, groups=width))
-    low = (low + F.conv2d(hidden, w("fast_proj.weight"), w("fast_proj.bias"))).flatten(2).transpose(1, 2)
-    pooled = torch.cat([low, high], dim=-1).mean(dim=1)
-    gate = F.linear(
-        F.gelu(F.linear(pooled, w("gate.0.weight"), w("gate.0.bias"))), w("gate.2.weight"), w("gate.2.bias")
-    )
-    return low + torch.tanh(gate).unsqueeze(1) * high
 
 
 @pytest.mark.parametrize(
@@ -276,17 +264,29 @@ def test_image_token_is_added_with_a_mean_embedding(tmp_path):
     assert prompt.endswith("USER: <image>\ndescribe the region . ASSISTANT:")
 
 
-def test_alpha_clip_weights_initialise_the_mask_branch(tmp_path):
+def test_alpha_clip_weights_initialise_the_mask_branch_and_enter_as_designed(tmp_path):
     from finecaption_plugin import FineCaptionForConditionalGeneration
 
-    source = _write_llava_hr(tmp_path / "src", _llava_hr_state(28, ""), "safetensors")
-    alpha = torch.randn(WIDTH, 1, PATCH, PATCH)
+    state = _llava_hr_state(28, "")
+    source = _write_llava_hr(tmp_path / "src", state, "safetensors")
+    alpha = torch.randn(WIDTH, 1, PATCH, PATCH) / PATCH
     torch.save(
         {"visual.conv1_alpha.weight": alpha, "visual.conv1.weight": torch.zeros(1)}, tmp_path / "alpha.pth"
     )
     converted = convert_llava_hr(source, tmp_path / "dst", alpha_clip=tmp_path / "alpha.pth")
-    model = FineCaptionForConditionalGeneration.from_pretrained(converted)
+    model = FineCaptionForConditionalGeneration.from_pretrained(converted).eval()
     torch.testing.assert_close(model.model.vision_tower.fast_mask_embed.weight, alpha)
+
+    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    mask = (torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE) > 0.5).float()
+    with torch.no_grad():
+        masked = model.get_image_features(pixels, mask)
+        torch.testing.assert_close(
+            masked, _reference_features(state, "", 28, pixels, alpha, mask), atol=1e-4, rtol=1e-4
+        )
+        whole = model.get_image_features(pixels)
+        torch.testing.assert_close(whole, _reference_features(state, "", 28, pixels, alpha), atol=1e-4, rtol=1e-4)
+    assert (masked - whole).abs().max() > 1e-2  # the mask does reach the features
 
     torch.save({"visual.conv1_alpha.weight": torch.randn(WIDTH, 1, 16, 16)}, tmp_path / "wrong.pth")
     with pytest.raises(ConversionError, match=r"conv1_alpha.weight has shape \[64, 1, 16, 16\]"):

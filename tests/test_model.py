@@ -7,8 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from reference_llava_hr import mr_adapter
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 import finecaption_plugin  # noqa: F401  (registers the Auto classes)
@@ -189,29 +189,6 @@ def test_image_token_count_mismatch_is_a_clear_error(model):
         model(input_ids=input_ids, pixel_values=torch.zeros(1, 3, 128, 128))
 
 
-# The MR-Adapter against the formula of DESIGN.md, written out with plain tensor operations.
-
-
-def reference_adapter(adapter: FineCaptionMRAdapter, fast_tokens: torch.Tensor, slow_map: torch.Tensor):
-    batch, tokens, dim = fast_tokens.shape
-    grid = int(tokens**0.5)
-    high = F.conv2d(slow_map, adapter.slow_conv.weight, adapter.slow_conv.bias)
-    high = F.conv2d(F.gelu(high), adapter.slow_proj.weight, adapter.slow_proj.bias)
-    if high.shape[-1] < grid:
-        high = F.interpolate(high, size=(grid, grid), mode="bilinear", align_corners=True)
-    elif high.shape[-1] > grid:
-        high = F.avg_pool2d(high, high.shape[-1] // grid)
-    high = high.reshape(batch, dim, tokens).permute(0, 2, 1)
-    fast_map = fast_tokens.permute(0, 2, 1).reshape(batch, dim, grid, grid)
-    low = F.conv2d(fast_map, adapter.fast_conv.weight, adapter.fast_conv.bias, padding=3, groups=dim)
-    low = fast_map + F.conv2d(F.gelu(low), adapter.fast_proj.weight, adapter.fast_proj.bias)
-    low = low.reshape(batch, dim, tokens).permute(0, 2, 1)
-    pooled = torch.cat([low, high], dim=-1).mean(dim=1)
-    gate_0, gate_2 = adapter.gate[0], adapter.gate[2]
-    gate = F.linear(F.gelu(F.linear(pooled, gate_0.weight, gate_0.bias)), gate_2.weight, gate_2.bias)
-    return low + torch.tanh(gate)[:, None, :] * high
-
-
 @pytest.mark.parametrize("slow_side", [2, 4, 8])
 def test_mr_adapter_matches_the_design_formula(slow_side):
     torch.manual_seed(slow_side)
@@ -221,7 +198,8 @@ def test_mr_adapter_matches_the_design_formula(slow_side):
             parameter.normal_(0, 0.3)
     fast_tokens, slow_map = torch.randn(2, 16, 16), torch.randn(2, 24, slow_side, slow_side)
     with torch.no_grad():
-        torch.testing.assert_close(adapter(fast_tokens, slow_map), reference_adapter(adapter, fast_tokens, slow_map))
+        expected = mr_adapter(dict(adapter.named_parameters()), fast_tokens, slow_map)
+        torch.testing.assert_close(adapter(fast_tokens, slow_map), expected)
 
 
 def test_mr_adapters_start_as_the_identity():
