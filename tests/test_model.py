@@ -92,7 +92,15 @@ def _logits_for_masks(model, processor, masks):
     return outputs
 
 
-def test_zero_mask_branch_is_an_exact_identity(model, processor):
+@pytest.mark.parametrize("slow_mask_embedding", [False, True], ids=["clip-mask", "clip-and-convnext-stem-masks"])
+def test_zero_mask_branch_is_an_exact_identity(tiny_checkpoint, processor, slow_mask_embedding):
+    # The checkpoint has no stem mask conv: loading must initialise it to zero.
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, slow_mask_embedding=slow_mask_embedding)
+    tower = model.eval().model.vision_tower
+    assert (tower.slow_mask_embed is not None) == slow_mask_embedding
+    with torch.no_grad():  # open the adapters, so the slow map reaches the fast tokens too, not only the fusion
+        for adapter in tower.adapters:
+            adapter.slow_proj.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(2))
     masks = [None, box_mask(150, 100, (0, 0, 40, 30)), box_mask(150, 100, (60, 20, 150, 100))]
     first, *others = _logits_for_masks(model, processor, masks)
     for logits in others:
