@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedConfig, SamVisionConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 # The slow (ConvNeXt) and SAM paths both end at output stride 32: one image token per 32x32 pixels.
 SLOW_OUTPUT_STRIDE = 32
@@ -130,6 +131,10 @@ class FineCaptionConfig(PreTrainedConfig):
         use_sam_tower: add the SAM tower to the slow path (channel concatenation).
         slow_mask_embedding: add a zero-init mask convolution to the ConvNeXt stem as well.
         mask_mean, mask_std: Alpha-CLIP's normalisation of the 0/1 mask.
+        pixel_mean, pixel_std: the normalisation of `pixel_values` (the image processor's `image_mean`, `image_std`;
+            CLIP's).
+        sam_pixel_mean, sam_pixel_std: the normalisation the SAM tower was trained with (ImageNet's, as SAM's own
+            processor); the SAM tower's input is renormalised to it.
         image_token_id: id of the `<image>` token that the processor expands to the image tokens.
         projector_hidden_act: activation of the `mlp2x_gelu` projector.
     """
@@ -153,6 +158,10 @@ class FineCaptionConfig(PreTrainedConfig):
     slow_mask_embedding: bool = False
     mask_mean: float = 0.5
     mask_std: float = 0.26
+    pixel_mean: list[float] | tuple[float, ...] = tuple(OPENAI_CLIP_MEAN)
+    pixel_std: list[float] | tuple[float, ...] = tuple(OPENAI_CLIP_STD)
+    sam_pixel_mean: list[float] | tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
+    sam_pixel_std: list[float] | tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
     image_token_id: int = 128256
     pad_token_id: int | None = None
     projector_hidden_act: str = "gelu"
@@ -162,6 +171,8 @@ class FineCaptionConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.slow_depths = list(self.slow_depths)
         self.slow_dims = list(self.slow_dims)
+        for name in ("pixel_mean", "pixel_std", "sam_pixel_mean", "sam_pixel_std"):
+            setattr(self, name, list(getattr(self, name)))
         self.sam_config.image_size = self.image_size
         self.validate_geometry()
 

@@ -184,13 +184,23 @@ class FineCaptionVisionTower(nn.Module):
             mask_values = pixel_values.new_ones(pixel_values.shape[0], 1, *pixel_values.shape[-2:])
         return (mask_values.to(pixel_values.dtype) - self.config.mask_mean) / self.config.mask_std
 
+    def sam_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[batch, 3, S, S]` pixels normalised with `pixel_mean`/`pixel_std` (CLIP's), renormalised with SAM's."""
+
+        def channels(values: list[float]) -> torch.Tensor:
+            return pixel_values.new_tensor(values).view(1, -1, 1, 1)
+
+        config = self.config
+        pixels = pixel_values * channels(config.pixel_std) + channels(config.pixel_mean)
+        return (pixels - channels(config.sam_pixel_mean)) / channels(config.sam_pixel_std)
+
     def slow_features(self, pixel_values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """The slow map `[batch, slow_channels, S / 32, S / 32]`: ConvNeXt, and SAM's unshuffled neck if used."""
         stem_mask = self.slow_mask_embed(alpha) if self.slow_mask_embed is not None else None
         slow_map = self.slow_tower(pixel_values, stem_mask)
         if self.sam_tower is None:
             return slow_map
-        sam_map = self.sam_tower(pixel_values).last_hidden_state
+        sam_map = self.sam_tower(self.sam_pixels(pixel_values)).last_hidden_state
         sam_map = F.pixel_unshuffle(sam_map, sam_map.shape[-1] // slow_map.shape[-1])
         return torch.cat([slow_map, sam_map.to(slow_map.dtype)], dim=1)
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from reference_llava_hr import mr_adapter
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 import finecaption_plugin  # noqa: F401  (registers the Auto classes)
 from finecaption_plugin import FineCaptionConfig, FineCaptionForConditionalGeneration
@@ -26,6 +27,10 @@ def box_mask(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndar
     x0, y0, x1, y1 = box
     mask[y0:y1, x0:x1] = True
     return mask
+
+
+def per_channel(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values).view(3, 1, 1)
 
 
 def chat_prompt(processor, question: str) -> str:
@@ -141,6 +146,19 @@ def test_image_features_shape_and_sam_variant():
             features = model.get_image_features(torch.randn(2, 3, 128, 128), torch.ones(2, 1, 128, 128))
         assert features.shape == (2, config.num_image_tokens, config.text_config.hidden_size)
     assert config.slow_channels == config.slow_dims[-1] + 4 * config.sam_config.output_channels
+
+
+def test_sam_tower_reads_pixels_in_sams_own_normalisation():
+    model = FineCaptionForConditionalGeneration(FineCaptionConfig.from_preset("tiny", use_sam_tower=True)).eval()
+    seen = []
+    model.model.vision_tower.sam_tower.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    rgb = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        model.get_image_features((rgb - per_channel(OPENAI_CLIP_MEAN)) / per_channel(OPENAI_CLIP_STD))
+    # facebook/sam-vit-large's processor: ImageNet statistics on [0, 1] pixels.
+    sam_pixels = (rgb - per_channel([0.485, 0.456, 0.406])) / per_channel([0.229, 0.224, 0.225])
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], sam_pixels)
 
 
 def test_batched_left_padded_generation_equals_one_by_one(model, processor):
