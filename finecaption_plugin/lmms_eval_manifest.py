@@ -11,16 +11,19 @@ third problem, ``No module named 'filelock._api'``, is solved by the ``filelock<
 - tasks need ``--include_path``: ``TaskManager`` also indexes the shipped ``finecaption_plugin.tasks``
   folder, so ``--tasks compositioncap_aarc`` works without it;
 - a failed run exits 0 (``cli_evaluate`` logs every error and returns): a run started from the
-  command line whose evaluation raises prints the traceback and exits with status 1. Runs through
-  the Python API (``simple_evaluate`` without ``cli_args``) still see the exception itself.
+  command line whose evaluation raises prints the traceback and exits with status 1, and so does one
+  that names a task nothing matches. Runs through the Python API (``simple_evaluate`` without
+  ``cli_args``, ``TaskManager.match_tasks`` called by anything but the command line) are unchanged.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import traceback
+from pathlib import Path
 
 from .cli import tasks_dir
 
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 MODEL_ID = "finecaption"
 SIMPLE_CLASS_PATH = "finecaption_plugin.lmms_eval_model.FineCaption"
 CHAT_CLASS_PATH = "finecaption_plugin.lmms_eval_model.FineCaptionChat"
+CLI_MODULE = ("lmms_eval", "__main__.py")
 
 
 def model_manifests() -> list:
@@ -47,7 +51,12 @@ def model_manifests() -> list:
 
 
 def patch_lmms_eval() -> None:
-    """Index the shipped tasks in every ``TaskManager``; make failed command-line runs exit 1. Idempotent."""
+    """Index the shipped tasks in every ``TaskManager``; make failed command-line runs exit 1. Idempotent.
+
+    The command line's check for unknown task names comes right after its ``match_tasks`` call and
+    raises into ``cli_evaluate``'s catch-all, before ``simple_evaluate``: so ``match_tasks``, when
+    called from there, applies the same check itself and exits 1.
+    """
     from lmms_eval.tasks import TaskManager
 
     if getattr(TaskManager.initialize_tasks, "_finecaption_patched", False):
@@ -64,8 +73,19 @@ def patch_lmms_eval() -> None:
         _exit_on_failure()
         return original(self, include_path=paths, include_defaults=include_defaults)
 
+    original_match_tasks = TaskManager.match_tasks
+
+    @functools.wraps(original_match_tasks)
+    def match_tasks(self, task_list):
+        matched = original_match_tasks(self, task_list)
+        caller = sys._getframe(1).f_code
+        if caller.co_name == "cli_evaluate_single" and Path(caller.co_filename).parts[-2:] == CLI_MODULE:
+            _exit_on_unknown_tasks(task_list, matched)
+        return matched
+
     initialize_tasks._finecaption_patched = True
     TaskManager.initialize_tasks = initialize_tasks
+    TaskManager.match_tasks = match_tasks
 
 
 def _exit_on_failure() -> None:
@@ -89,3 +109,15 @@ def _exit_on_failure() -> None:
 
     checked_simple_evaluate._finecaption_patched = True
     evaluator.simple_evaluate = checked_simple_evaluate
+
+
+def _exit_on_unknown_tasks(task_list: list[str], matched: list[str]) -> None:
+    """Exit 1 for names of ``task_list`` that lmms-eval's command line would report as not found."""
+    # The command line's own test: neither a task, group or tag, nor a YAML file, nor a wildcard.
+    missing = [name for name in task_list if name not in matched and "*" not in name and not os.path.isfile(name)]
+    if missing:
+        print(
+            f"lmms-eval run failed: tasks not found: {', '.join(missing)} (`lmms-eval --tasks list` lists them)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)

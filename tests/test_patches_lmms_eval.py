@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,16 @@ def test_filelock_api_import_works():
     import filelock._api  # noqa: F401
 
 
-def test_shipped_tasks_are_indexed_without_include_path():
+@pytest.fixture(scope="module")
+def manager():
     from lmms_eval.tasks import TaskManager
 
     patch_lmms_eval()
     patch_lmms_eval()  # idempotent: one wrapper
-    manager = TaskManager()
+    return TaskManager()
+
+
+def test_shipped_tasks_are_indexed_without_include_path(manager):
     index = manager.task_index
     assert index["compositioncap_aarc"]["yaml_path"].startswith(tasks_dir())
     assert index["compositioncap"]["type"] == "group"
@@ -53,3 +58,22 @@ def test_a_failed_command_line_run_exits_1(failing_evaluator, capsys: pytest.Cap
 def test_the_python_api_still_gets_the_exception(failing_evaluator):
     with pytest.raises(RuntimeError, match="the model crashed"):
         failing_evaluator.simple_evaluate(model="finecaption")
+
+
+def test_an_unknown_task_name_exits_1_from_the_command_line_only(manager, capsys: pytest.CaptureFixture):
+    # A stand-in for lmms-eval's `cli_evaluate_single`, which calls `match_tasks` and then reports
+    # unknown names by raising into a catch-all that exits 0.
+    namespace: dict = {}
+    source = "def cli_evaluate_single(manager, names):\n    return manager.match_tasks(names)\n"
+    exec(compile(source, str(Path("site-packages", "lmms_eval", "__main__.py")), "exec"), namespace)
+    cli_evaluate_single = namespace["cli_evaluate_single"]
+    assert cli_evaluate_single(manager, ["compositioncap_aarc", "compositioncap_rdc_b*"]) == [
+        "compositioncap_aarc",
+        *sorted(name for name in manager.all_tasks if name.startswith("compositioncap_rdc_b")),
+    ]
+    with pytest.raises(SystemExit) as stop:
+        cli_evaluate_single(manager, ["compositioncap_aarc", "no_such_task_xyz"])
+    assert stop.value.code == 1
+    assert "tasks not found: no_such_task_xyz" in capsys.readouterr().err
+    # Anyone else gets the matches, as before.
+    assert manager.match_tasks(["compositioncap_aarc", "no_such_task_xyz"]) == ["compositioncap_aarc"]
