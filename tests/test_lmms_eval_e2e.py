@@ -1,7 +1,7 @@
 """End to end: the plain `lmms-eval` command with `--model finecaption` on a CompositionCap folder.
 
 Each run is a real subprocess (about a minute, mostly imports): one process, two processes under
-`torchrun`, and a run whose data folder is missing.
+`torchrun`, a run whose data folder is missing and one naming a task that does not exist.
 """
 
 from __future__ import annotations
@@ -15,9 +15,19 @@ from pathlib import Path
 import pytest
 
 from finecaption_plugin.compositioncap import METRICS, write_demo_folder
+from finecaption_plugin.tiny import create_tiny_checkpoint
 
 BIN = Path(sys.executable).parent
-LIMIT = 8
+# Odd, so that one of two processes gets a document fewer (lmms-eval pads the shorter rank).
+LIMIT = 7
+# These random weights answer the first LIMIT documents with 4 distinct answers (seed 0 gives 2),
+# so an answer that reaches the wrong document shows in the per-document comparison.
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-finecaption"), seed=SEED)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +37,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _run(launcher: list[str], checkpoint: Path, root: Path, out: Path) -> subprocess.CompletedProcess:
+def _run(
+    launcher: list[str], checkpoint: Path, root: Path, out: Path, task: str = "compositioncap_aarc"
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "COMPOSITIONCAP_ROOT": str(root),
@@ -40,7 +52,7 @@ def _run(launcher: list[str], checkpoint: Path, root: Path, out: Path) -> subpro
         *launcher,
         "--model", "finecaption",
         "--model_args", f"pretrained={checkpoint},max_new_tokens=8",
-        "--tasks", "compositioncap_aarc",
+        "--tasks", task,
         "--batch_size", "3",
         "--limit", str(LIMIT),
         "--output_path", str(out),
@@ -55,10 +67,19 @@ def _scores(out: Path) -> dict[str, float]:
     return {metric: results[f"{metric},none"] for metric in METRICS}
 
 
+def _samples(out: Path) -> list[dict]:
+    (samples_file,) = out.glob("*/*_samples_compositioncap_aarc.jsonl")
+    return [json.loads(line) for line in samples_file.read_text().splitlines()]
+
+
+def _predictions(out: Path) -> dict[int, object]:
+    return {sample["doc_id"]: sample["filtered_resps"] for sample in _samples(out)}
+
+
 @pytest.fixture(scope="module")
-def single_run(tiny_checkpoint: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def single_run(checkpoint: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("single") / "out"
-    run = _run([str(BIN / "lmms-eval")], tiny_checkpoint, data_root, out)
+    run = _run([str(BIN / "lmms-eval")], checkpoint, data_root, out)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out
 
@@ -66,10 +87,10 @@ def single_run(tiny_checkpoint: Path, data_root: Path, tmp_path_factory: pytest.
 def test_lmms_eval_run_writes_all_five_metrics(single_run: Path):
     scores = _scores(single_run)
     assert all(isinstance(value, float) and 0 <= value <= 100 for value in scores.values()), scores
-    (samples_file,) = single_run.glob("*/*_samples_compositioncap_aarc.jsonl")
-    samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    samples = _samples(single_run)
     assert len(samples) == LIMIT
     assert samples[0]["input"] == "Describe the color of the masked region."
+    assert len({json.dumps(answer) for answer in _predictions(single_run).values()}) > 2
     (extras,) = single_run.glob("*/*_compositioncap_aarc")
     breakdown = json.loads((extras / "breakdown.json").read_text())
     assert breakdown["scores"] == pytest.approx(scores)
@@ -77,15 +98,26 @@ def test_lmms_eval_run_writes_all_five_metrics(single_run: Path):
     assert (extras / "index.html").is_file() and (extras / "gallery.png").is_file()
 
 
-def test_two_processes_give_the_same_scores(single_run: Path, tiny_checkpoint: Path, data_root: Path, tmp_path: Path):
+def test_two_processes_give_each_document_its_own_answer(
+    single_run: Path, checkpoint: Path, data_root: Path, tmp_path: Path
+):
     launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmms_eval"]
-    run = _run(launcher, tiny_checkpoint, data_root, tmp_path / "out")
+    run = _run(launcher, checkpoint, data_root, tmp_path / "out")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    two = _predictions(tmp_path / "out")
+    assert sorted(two) == list(range(LIMIT))
+    assert two == _predictions(single_run)
     assert _scores(tmp_path / "out") == pytest.approx(_scores(single_run), abs=1e-9)
 
 
-def test_missing_data_folder_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path):
-    run = _run([str(BIN / "lmms-eval")], tiny_checkpoint, tmp_path / "no-such-folder", tmp_path / "out")
+def test_missing_data_folder_exits_nonzero(checkpoint: Path, tmp_path: Path):
+    run = _run([str(BIN / "lmms-eval")], checkpoint, tmp_path / "no-such-folder", tmp_path / "out")
     assert run.returncode == 1
     assert "COMPOSITIONCAP_ROOT=" in run.stderr and "is not a folder" in run.stderr
     assert not list((tmp_path / "out").glob("*/*_results.json"))
+
+
+def test_unknown_task_exits_nonzero(checkpoint: Path, data_root: Path, tmp_path: Path):
+    run = _run([str(BIN / "lmms-eval")], checkpoint, data_root, tmp_path / "out", task="no_such_task_xyz")
+    assert run.returncode == 1
+    assert "tasks not found: no_such_task_xyz" in run.stderr
