@@ -99,7 +99,7 @@ class FineCaptionFusion(nn.Module):
 
 
 class FineCaptionFastTower(CLIPPreTrainedModel):
-    """The CLIP ViT of the fast path, in transformers' CLIP names, without CLS output or post-layernorm.
+    """The CLIP ViT of the fast path, in transformers' CLIP names, without CLS token or post-layernorm.
 
     Being a `CLIPPreTrainedModel`, it keeps CLIP's own weight initialisation.
     """
@@ -109,6 +109,12 @@ class FineCaptionFastTower(CLIPPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.embeddings = CLIPVisionEmbeddings(config)
+        # LLaVA-HR drops the CLS token before it is built, so no gradient ever reaches `class_embedding` (a trainable
+        # parameter without one fails DDP without `find_unused_parameters`). A buffer keeps it out of training and
+        # keeps CLIP's key name for checkpoints.
+        class_embedding = self.embeddings.class_embedding.data
+        del self.embeddings.class_embedding
+        self.embeddings.register_buffer("class_embedding", class_embedding)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = CLIPEncoder(config)
         self.post_init()

@@ -199,6 +199,28 @@ def test_labels_give_a_loss_and_gradients_reach_every_trainable_part(model, proc
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("overrides", [{}, {"use_sam_tower": True, "slow_mask_embedding": True}], ids=["base", "all"])
+def test_full_finetune_gives_every_trainable_parameter_a_gradient(overrides):
+    # DDP with find_unused_parameters=False fails on a trainable parameter that the forward never reaches.
+    from finecaption_plugin.lora import PARTS, set_trainable
+
+    config = FineCaptionConfig.from_preset("tiny", **overrides)
+    model = FineCaptionForConditionalGeneration(config).train()
+    counts = set_trainable(model, set(PARTS), upcast=False)
+    assert counts["vision"] and counts["language"]
+    input_ids = torch.tensor([[5] + [config.image_token_id] * config.num_image_tokens + [6, 7]])
+    loss = model(
+        input_ids=input_ids,
+        pixel_values=torch.randn(1, 3, 128, 128),
+        mask_values=(torch.rand(1, 1, 128, 128) > 0.5).float(),
+        labels=input_ids,
+    ).loss
+    loss.backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    # CLIP's CLS embedding, dropped by LLaVA-HR, stays in checkpoints but is no parameter.
+    assert "model.vision_tower.fast_tower.embeddings.class_embedding" in model.state_dict()
+
+
 def test_sdpa_and_eager_attention_agree(tiny_checkpoint, processor):
     inputs = processor(text=[chat_prompt(processor, "Describe.")], images=[random_image(6)], return_tensors="pt")
     logits = {}
