@@ -18,7 +18,7 @@ Every record of a task is checked before the model runs (fields, image present a
 size, mask decodable and non-empty); errors name the record (its line, counting from 0), its id and
 the field. Scores: the five Table 2 metrics of ``finecaption_plugin.metrics`` over the whole task,
 computed once; with ``--output_path`` a per-attribute breakdown (``breakdown.json``) and a gallery
-(``index.html``, ``gallery.png``) go to ``OUTPUT/<model>/<date>_compositioncap_<task>/``.
+(``index.html``, ``gallery.png``) go to ``OUTPUT/<model>/<date>_<lmms-eval task name>/``.
 
 Commands: ``finecaption compositioncap-demo DIR`` writes a small synthetic folder for smoke runs;
 ``finecaption compositioncap-convert IN OUT`` flattens the per-image nested form (``flatten_image``).
@@ -27,16 +27,17 @@ Commands: ``finecaption compositioncap-demo DIR`` writes a small synthetic folde
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from .masks import MaskError, load_mask, mask_to_box
 from .prompts import TASKS, task_prompt
@@ -79,8 +80,14 @@ def _where(index: int, record: Mapping[str, Any]) -> str:
     return f"record {index} ('id' {record.get('id')!r})"
 
 
-def check_record(index: int, record: Mapping[str, Any], root: Path) -> None:
-    """Raise ``CompositionCapError`` naming record ``index`` and the field when ``record`` is unusable."""
+def check_record(
+    index: int, record: Mapping[str, Any], root: Path, image_sizes: dict[Path, tuple[int, int]] | None = None
+) -> None:
+    """Raise ``CompositionCapError`` naming record ``index`` and the field when ``record`` is unusable.
+
+    ``record["task"]`` must be one of ``TASKS`` (``select_docs`` checks it for every record first).
+    ``image_sizes`` remembers the images already decoded, which records of one image share.
+    """
 
     def fail(field: str, problem: str) -> CompositionCapError:
         return CompositionCapError(f"{_where(index, record)}: field {field!r}: {problem}")
@@ -89,8 +96,6 @@ def check_record(index: int, record: Mapping[str, Any], root: Path) -> None:
         if record.get(field) is None:
             raise fail(field, "missing")
     task = record["task"]
-    if task not in TASKS:
-        raise fail("task", f"{task!r} is not one of {', '.join(TASKS)}")
     height, width = record["height"], record["width"]
     for field, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -103,11 +108,13 @@ def check_record(index: int, record: Mapping[str, Any], root: Path) -> None:
     path = root / record["image"]
     if not path.is_file():
         raise fail("image", f"{path} does not exist")
-    try:
-        with Image.open(path) as image:
-            size = image.size
-    except OSError as error:
-        raise fail("image", f"{path} is not a readable image ({error})") from None
+    image_sizes = {} if image_sizes is None else image_sizes
+    if path not in image_sizes:
+        try:
+            image_sizes[path] = _decoded_size(path)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise fail("image", f"{path} is not a readable image ({error})") from None
+    size = image_sizes[path]
     if size != (width, height):
         raise fail("image", f"{path} is {size[0]}x{size[1]} (width x height), the record says {width}x{height}")
     if task == "global":
@@ -117,15 +124,63 @@ def check_record(index: int, record: Mapping[str, Any], root: Path) -> None:
         raise fail("mask", f"a {task!r} record needs the region mask")
     else:
         try:
-            load_mask(record["mask"], height, width, root=root)
+            _load_mask(record["mask"], height, width, root)
         except MaskError as error:
             raise fail("mask", str(error)) from None
 
 
-def select_docs(dataset, task: str):
-    """lmms-eval ``process_docs``: the records of ``task`` (a ``datasets.Dataset``), all checked."""
+@contextmanager
+def _strict_image_loading() -> Iterator[None]:
+    # lmms-eval sets LOAD_TRUNCATED_IMAGES process-wide, which would grey-fill a cut-off file silently.
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _decoded_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image at ``path``, decoded in full: a truncated or corrupt file raises."""
+    with _strict_image_loading(), Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+def _load_mask(value: Any, height: int, width: int, root: Path) -> np.ndarray:
+    """A record's mask, bool [height, width]; the string forms are cached (read-only arrays), since the
+    check, the prompt and the visual of a record, and the records of one region, decode the same mask."""
+    if isinstance(value, str):
+        return _cached_mask(value, height, width, root)
+    return load_mask(value, height, width, root=root)
+
+
+@functools.lru_cache(maxsize=32)  # 32 masks of 1024x1024: 32 MB
+def _cached_mask(value: str, height: int, width: int, root: Path) -> np.ndarray:
+    mask = load_mask(value, height, width, root=root)
+    mask.flags.writeable = False
+    return mask
+
+
+def variant_docs(variant: str) -> Callable[[Any], Any]:
+    """lmms-eval ``process_docs`` of the task named ``variant``: ``compositioncap_<task>[_<suffix>]``."""
+    parts = variant.split("_")
+    if len(parts) < 2 or parts[0] != "compositioncap" or parts[1] not in TASKS:
+        raise CompositionCapError(f"{variant!r} is not a CompositionCap task name (compositioncap_<task>[_<suffix>])")
+    return functools.partial(select_docs, task=parts[1], variant=variant)
+
+
+def select_docs(dataset, task: str, variant: str | None = None):
+    """lmms-eval ``process_docs``: the records of ``task`` (a ``datasets.Dataset``), all checked.
+
+    Each record gains the field ``variant`` (the lmms-eval task name; ``compositioncap_<task>`` by
+    default), which names its scores; the references are kept here for scoring (see ``aggregate``).
+    """
+    variant = variant or f"compositioncap_{task}"
     root = data_root()
     seen: dict[Any, int] = {}
+    image_sizes: dict[Path, tuple[int, int]] = {}
+    references: dict[Any, dict] = {}
     for index, record in enumerate(dataset):
         if record.get("id") in seen:
             raise CompositionCapError(
@@ -137,12 +192,18 @@ def select_docs(dataset, task: str):
                 f"{_where(index, record)}: field 'task': {record.get('task')!r} is not one of {', '.join(TASKS)}"
             )
         if record["task"] == task:
-            check_record(index, record, root)
-    selected = dataset.filter(lambda record: record["task"] == task)
-    if len(selected) == 0:
+            check_record(index, record, root, image_sizes)
+            references[record["id"]] = {
+                "task": task,
+                "attribute": record.get("attribute"),
+                "references": list(record["captions"]),
+            }
+    if not references:
         raise CompositionCapError(f"{test_file()} holds no record with task {task!r}")
-    logger.info("CompositionCap %s: %d records", task, len(selected))
-    return selected
+    _REFERENCES[variant] = references
+    selected = dataset.filter(lambda record: record["task"] == task)
+    logger.info("CompositionCap %s: %d records", variant, len(selected))
+    return selected.add_column("variant", [variant] * len(selected))
 
 
 # -- visuals and prompts ----------------------------------------------------------------------------
@@ -157,10 +218,10 @@ def visual_prompt_style(kwargs: Mapping[str, Any] | None) -> str:
 
 
 def doc_mask(doc: Mapping[str, Any]) -> np.ndarray | None:
-    """The region of a record, bool [height, width]; None for a whole-image ("global") record."""
+    """The region of a record, bool [height, width] (read-only); None for a whole-image ("global") record."""
     if doc.get("mask") is None:
         return None
-    return load_mask(doc["mask"], doc["height"], doc["width"], root=data_root())
+    return _load_mask(doc["mask"], doc["height"], doc["width"], data_root())
 
 
 def doc_image(doc: Mapping[str, Any]) -> Image.Image:
@@ -171,7 +232,7 @@ def doc_image(doc: Mapping[str, Any]) -> Image.Image:
 
 def doc_to_visual(doc: Mapping[str, Any], kwargs: Mapping[str, Any] | None = None) -> list[Image.Image]:
     """The image shown in the task's visual prompt style (``mask``: RGBA, the mask in the alpha channel)."""
-    image, _ = render_visual_prompt(doc_image(doc), doc_mask(doc), visual_prompt_style(kwargs), "")
+    image, _ = render_visual_prompt(doc_image(doc), doc_mask(doc), _style(doc, kwargs), "")
     return [image]
 
 
@@ -180,49 +241,70 @@ def doc_to_text(doc: Mapping[str, Any], kwargs: Mapping[str, Any] | None = None)
     mask = doc_mask(doc)
     if mask is None:
         return task_prompt(doc["task"], doc.get("attribute"))
-    region = region_phrase(visual_prompt_style(kwargs), mask_to_box(mask), (doc["width"], doc["height"]))
+    region = region_phrase(_style(doc, kwargs), mask_to_box(mask), (doc["width"], doc["height"]))
     return task_prompt(doc["task"], doc.get("attribute"), region=region)
+
+
+def _style(doc: Mapping[str, Any], kwargs: Mapping[str, Any] | None) -> str:
+    """The style of ``kwargs``, remembered for the doc's variant: lmms-eval resolves a task's
+    ``lmms_eval_specific_kwargs`` per model and shows them only to these two hooks, not to scoring."""
+    style = visual_prompt_style(kwargs)
+    _STYLES[doc.get("variant")] = style
+    return style
 
 
 # -- scoring ------------------------------------------------------------------------------------------
 
+# Per variant (lmms-eval task name): the style its hooks were given, and its records' references,
+# kept at ``process_docs`` by every process, so that the samples lmms-eval gathers stay small.
+_STYLES: dict[str | None, str] = {}
+_REFERENCES: dict[str, dict[Any, dict]] = {}
+_SCORES: dict[tuple, dict] = {}
+
 
 def process_results(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str, dict]:
-    """One sample for every metric; the scores come from ``aggregate`` over the whole task."""
+    """The same small sample for every metric (lmms-eval logs each metric's value: the references
+    would be stored five times); the scores come from ``aggregate`` over the whole task."""
     sample = {
+        "variant": doc["variant"],
+        "style": _STYLES.get(doc["variant"]) if doc.get("mask") is not None else None,  # None: no region
         "id": doc["id"],
-        "task": doc["task"],
-        "attribute": doc.get("attribute"),
         "prediction": results[0] if results else "",
-        "references": list(doc["captions"]),
     }
     return dict.fromkeys(METRICS, sample)
 
 
-_SCORES: dict[tuple, dict] = {}
-
-
 def aggregate(samples: Sequence[Mapping[str, Any]], metric: str, args: Any = None) -> float:
-    """``metric`` over all ``samples`` of a task; scores every metric once and writes the extras once.
+    """``metric`` over all ``samples`` of a task variant; scores every metric once, writes the extras once.
 
     A failure here comes after the model has answered everything: it is logged and the metric is NaN,
     so that lmms-eval still saves the results and the samples log (rescore it with ``finecaption score``).
     """
-    key = tuple((s["task"], s["id"], s["prediction"]) for s in samples)
+    variant, style = samples[0]["variant"], samples[0]["style"]
+    key = (variant, style, tuple((s["id"], s["prediction"]) for s in samples))
     if key not in _SCORES:
-        task = samples[0]["task"]
         try:
+            samples = _with_references(samples)
             _SCORES[key] = _score(samples)
         except Exception:
-            logger.exception("scoring CompositionCap %s failed: its metrics are NaN", task)
+            logger.exception("scoring CompositionCap %s failed: its metrics are NaN", variant)
             _SCORES[key] = {}
-        out_dir = _output_dir(args, task)
+        out_dir = _output_dir(args, variant)
         if out_dir is not None and _SCORES[key]:
             try:
                 write_extras(samples, _SCORES[key], out_dir)
             except Exception:
-                logger.exception("could not write the CompositionCap %s breakdown and gallery to %s", task, out_dir)
+                logger.exception("could not write the CompositionCap %s breakdown and gallery to %s", variant, out_dir)
     return _SCORES[key].get(metric, float("nan"))
+
+
+def _with_references(samples: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """``samples`` with the task, attribute and references of their records."""
+    variant = samples[0]["variant"]
+    if variant not in _REFERENCES:
+        raise CompositionCapError(f"the records of {variant} were not loaded in this process (process_docs)")
+    records = _REFERENCES[variant]
+    return [{**records[sample["id"]], **sample} for sample in samples]
 
 
 def _score(samples: Sequence[Mapping[str, Any]]) -> dict:
@@ -234,31 +316,39 @@ def _score(samples: Sequence[Mapping[str, Any]]) -> dict:
     )
 
 
-def _output_dir(args: Any, task: str) -> Path | None:
-    """``OUTPUT/<model>/<date>_compositioncap_<task>`` beside lmms-eval's results (None: no output path)."""
+def _output_dir(args: Any, variant: str) -> Path | None:
+    """``OUTPUT/<model>/<date>_<variant>`` beside lmms-eval's results, its date in lmms-eval's form and
+    time zone (``--timezone``); None without an output path."""
     output_path = getattr(args, "output_path", None)
     if not output_path:
         return None
     from lmms_eval.loggers.evaluation_tracker import GeneralConfigTracker
-    from lmms_eval.utils import sanitize_model_name
+    from lmms_eval.utils import get_datetime_str, sanitize_model_name
 
     model = sanitize_model_name(GeneralConfigTracker._get_model_name(str(getattr(args, "model_args", "") or "")))
-    base = Path(output_path) / model / f"{time.strftime('%Y%m%dT%H%M%S')}_compositioncap_{task}"
+    timezone = getattr(args, "timezone", None)
+    date = get_datetime_str(timezone=timezone) if timezone else get_datetime_str()
+    base = Path(output_path) / model / f"{date}_{variant}"
     out_dir, suffix = base, 1
-    while out_dir.exists():  # two variants of a task in one run must not overwrite each other
+    while out_dir.exists():  # a second scoring of the variant in the same second must not overwrite the first
         suffix += 1
         out_dir = base.with_name(f"{base.name}_{suffix}")
     return out_dir
 
 
 def write_extras(samples: Sequence[Mapping[str, Any]], scores: Mapping[str, Any], out_dir: Path) -> None:
-    """Write ``breakdown.json`` (overall and per-attribute scores) and the gallery into ``out_dir``."""
+    """Write ``breakdown.json`` (overall and per-attribute scores) and the gallery into ``out_dir``.
+
+    ``samples`` carry ``variant``, ``style``, ``task``, ``id``, ``attribute``, ``prediction`` and ``references``.
+    """
     from .gallery import MAX_SAMPLES, write_gallery
 
     out_dir.mkdir(parents=True)
-    task = samples[0]["task"]
+    variant, style = samples[0]["variant"], samples[0]["style"]
     breakdown = {
-        "task": task,
+        "variant": variant,
+        "task": samples[0]["task"],
+        "style": style,
         "samples": len(samples),
         "scores": {metric: scores[metric] for metric in METRICS},
         "per_attribute": scores.get("groups", {}),
@@ -280,7 +370,8 @@ def write_extras(samples: Sequence[Mapping[str, Any]], scores: Mapping[str, Any]
         }
         for index, sample in enumerate(shown)
     ]
-    write_gallery(gallery, out_dir, title=f"CompositionCap {task}", root=data_root())
+    title = f"CompositionCap {variant}" + (f" (region shown as {style})" if style else "")
+    write_gallery(gallery, out_dir, title=title, root=data_root())
     logger.info("wrote the CompositionCap breakdown and gallery to %s", out_dir)
 
 

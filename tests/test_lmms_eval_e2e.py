@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,8 +92,14 @@ def test_lmms_eval_run_writes_all_five_metrics(single_run: Path):
     assert len(samples) == LIMIT
     assert samples[0]["input"] == "Describe the color of the masked region."
     assert len({json.dumps(answer) for answer in _predictions(single_run).values()}) > 2
+    assert "references" not in samples[0]["CIDEr"]  # the references are logged once, in doc and target
     (extras,) = single_run.glob("*/*_compositioncap_aarc")
+    (results_file,) = single_run.glob("*/*_results.json")
+    date = re.compile(r"\d{8}_\d{6}")  # lmms-eval's date form, so the folder sorts beside its results
+    assert date.fullmatch(extras.name.removesuffix("_compositioncap_aarc"))
+    assert date.fullmatch(results_file.name.removesuffix("_results.json"))
     breakdown = json.loads((extras / "breakdown.json").read_text())
+    assert (breakdown["variant"], breakdown["style"]) == ("compositioncap_aarc", "mask")
     assert breakdown["scores"] == pytest.approx(scores)
     assert set(breakdown["per_attribute"]) == {"color", "shape"}
     assert (extras / "index.html").is_file() and (extras / "gallery.png").is_file()
@@ -108,6 +115,8 @@ def test_two_processes_give_each_document_its_own_answer(
     assert sorted(two) == list(range(LIMIT))
     assert two == _predictions(single_run)
     assert _scores(tmp_path / "out") == pytest.approx(_scores(single_run), abs=1e-9)
+    (breakdown,) = (tmp_path / "out").glob("*/*_compositioncap_aarc/breakdown.json")
+    assert json.loads(breakdown.read_text())["style"] == "mask"  # from the answering processes
 
 
 def test_missing_data_folder_exits_nonzero(checkpoint: Path, tmp_path: Path):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from finecaption_plugin import compositioncap
+from finecaption_plugin.cli import tasks_dir
 from finecaption_plugin.compositioncap import CompositionCapError, select_docs, write_demo_folder
 from finecaption_plugin.masks import decode_compositioncap, mask_to_box
-from finecaption_plugin.visual_prompts import MARK_COLOR
+from finecaption_plugin.visual_prompts import MARK_COLOR, VISUAL_PROMPT_STYLES
 
 
 @pytest.fixture()
@@ -81,6 +82,39 @@ def test_bad_records_name_record_and_field(root: Path, index: int, change: dict,
     task = records[index]["task"] if records[index]["task"] in ("aarc", "rdc", "global") else "rdc"
     with pytest.raises(CompositionCapError, match=message):
         select_docs(_dataset(records), task)
+
+
+def test_a_truncated_image_is_named_although_lmms_eval_loads_truncated_images(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # what lmms-eval sets on import
+    path = root / _records(root)[0]["image"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CompositionCapError, match=r"record 0 .*field 'image': .*0.png is not a readable image"):
+        select_docs(_dataset(_records(root)), "aarc")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for lmms-eval
+
+
+def test_each_mask_is_decoded_once_per_record(root: Path, monkeypatch: pytest.MonkeyPatch):
+    calls = []
+    load_mask = compositioncap.load_mask
+    monkeypatch.setattr(compositioncap, "load_mask", lambda *a, **k: calls.append(a[0]) or load_mask(*a, **k))
+    compositioncap._cached_mask.cache_clear()
+    docs = select_docs(_dataset(_records(root)), "rdc")  # 6 records, 6 regions
+    assert len(calls) == 6
+    for doc in docs:
+        compositioncap.doc_to_text(doc, {"visual_prompt": "bbox_text"})
+        compositioncap.doc_to_visual(doc, {"visual_prompt": "mask"})
+    assert len(calls) == 6 == len(set(calls))
+
+
+def test_every_style_renders_from_the_cached_mask(root: Path):
+    doc = _first(root, "aarc")
+    for style in VISUAL_PROMPT_STYLES:  # the cached mask is read-only: no renderer may write into it
+        (image,) = compositioncap.doc_to_visual(doc, {"visual_prompt": style})
+        assert image.size <= (doc["width"], doc["height"])
 
 
 def test_an_error_in_another_task_does_not_block(root: Path):
@@ -178,7 +212,7 @@ def test_yaml_picks_the_style_per_model_and_variant(
     (task,) = get_task_dict([name], task_manager).values()
     assert task.lmms_eval_specific_kwargs["visual_prompt"] == style
     docs = task.test_docs()
-    assert {doc["task"] for doc in docs} == {name.split("_")[1]}
+    assert {doc["task"] for doc in docs} == {name.split("_")[1]} and set(docs["variant"]) == {name}
     assert task.doc_to_text(docs[0]).endswith(".")
 
 
@@ -201,11 +235,12 @@ def test_aggregate_scores_once_and_writes_breakdown_and_gallery(
     args = Namespace(output_path=str(tmp_path / "out"), model_args="pretrained=/models/tiny")
     values = {metric: compositioncap.aggregate(samples, metric, args) for metric in compositioncap.METRICS}
     ((inputs, options, scores),) = calls
-    assert inputs == ([s["prediction"] for s in samples], [s["references"] for s in samples])
-    assert options["groups"] == [s["attribute"] for s in samples]
+    assert inputs == ([s["prediction"] for s in samples], [doc["captions"] for doc in docs])
+    assert options["groups"] == [doc["attribute"] for doc in docs]
     assert values == {metric: scores[metric] for metric in compositioncap.METRICS}
     assert 0 < values["CIDEr"] and values["BLEU-4"] < 100  # one wrong prediction among exact ones
     (out_dir,) = (tmp_path / "out" / "models__tiny").iterdir()
+    assert re.fullmatch(r"\d{8}_\d{6}_compositioncap_aarc", out_dir.name)  # lmms-eval's date form
     breakdown = json.loads((out_dir / "breakdown.json").read_text())
     assert breakdown["samples"] == 12 and set(breakdown["per_attribute"]) == {"color", "shape"}
     assert (out_dir / "index.html").is_file() and (out_dir / "gallery.png").is_file()
@@ -271,7 +306,7 @@ def test_a_scoring_failure_keeps_the_run(root: Path, tmp_path: Path, monkeypatch
     monkeypatch.setattr(metrics, "caption_scores", no_java)
     values = [compositioncap.aggregate(samples, metric) for metric in compositioncap.METRICS]
     assert len(calls) == 1 and all(np.isnan(values))
-    assert "scoring CompositionCap rdc failed" in caplog.text
+    assert "scoring CompositionCap compositioncap_rdc failed" in caplog.text
 
     def broken_gallery(*args, **kwargs):
         raise OSError("disk full")
@@ -281,6 +316,56 @@ def test_a_scoring_failure_keeps_the_run(root: Path, tmp_path: Path, monkeypatch
     args = Namespace(output_path=str(tmp_path / "out"), model_args="pretrained=tiny")
     samples[0] = dict(samples[0], prediction="another answer")
     assert compositioncap.aggregate(samples, "CIDEr", args) == 1.0
-    assert "could not write the CompositionCap rdc breakdown and gallery" in caplog.text
+    assert "could not write the CompositionCap compositioncap_rdc breakdown and gallery" in caplog.text
     (out_dir,) = (tmp_path / "out" / "tiny").iterdir()
     assert json.loads((out_dir / "breakdown.json").read_text())["scores"]["CIDEr"] == 1.0
+
+
+def test_two_variants_with_equal_answers_each_get_their_breakdown(root: Path, tmp_path: Path):
+    dataset = _dataset(_records(root))
+    args = Namespace(output_path=str(tmp_path / "out"), model_args="pretrained=tiny", timezone="UTC")
+    for variant, style in (("compositioncap_rdc", "mask"), ("compositioncap_rdc_bbox", "bbox")):
+        docs = compositioncap.variant_docs(variant)(dataset)
+        assert set(docs["variant"]) == {variant}
+        samples = []
+        for doc in docs:
+            compositioncap.doc_to_text(doc, {"visual_prompt": style})  # lmms-eval builds the requests
+            samples.append(compositioncap.process_results(doc, ["the same answer"])["BLEU-4"])
+        assert compositioncap.aggregate(samples, "BLEU-4", args) >= 0
+    breakdowns = {
+        path.parent.name.split("_", 2)[2]: json.loads(path.read_text())
+        for path in (tmp_path / "out" / "tiny").glob("*/breakdown.json")
+    }
+    assert {name: (b["variant"], b["task"], b["style"]) for name, b in breakdowns.items()} == {
+        "compositioncap_rdc": ("compositioncap_rdc", "rdc", "mask"),
+        "compositioncap_rdc_bbox": ("compositioncap_rdc_bbox", "rdc", "bbox"),
+    }
+
+
+def test_a_sample_carries_no_references(root: Path):
+    doc = next(iter(compositioncap.variant_docs("compositioncap_global")(_dataset(_records(root)))))
+    metrics = compositioncap.process_results(doc, ["an answer"])
+    assert list(metrics) == list(compositioncap.METRICS)
+    assert all(value == {"variant": "compositioncap_global", "style": None, "id": doc["id"],
+                         "prediction": "an answer"} for value in metrics.values())  # fmt: skip
+
+
+def test_task_names_outside_compositioncap_are_refused():
+    with pytest.raises(CompositionCapError, match="'compositioncap_dense' is not a CompositionCap task name"):
+        compositioncap.variant_docs("compositioncap_dense")
+
+
+def test_every_shipped_task_names_its_own_docs():
+    for path in sorted((Path(tasks_dir()) / "compositioncap").glob("compositioncap_*.yaml")):
+        task = re.search(r"^task: (\S+)$", path.read_text(), re.M)
+        if task:  # groups list their tasks
+            assert f"process_docs: !function utils.{task.group(1)}_docs" in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("name", ["compositioncap_rdc", "compositioncap_global", "compositioncap_rdc_contour"])
+def test_paragraph_tasks_do_not_stop_at_a_blank_line(root: Path, task_manager, name: str):
+    from lmms_eval.tasks import get_task_dict
+
+    (task,) = get_task_dict([name], task_manager).values()
+    assert task.config.generation_kwargs["until"] == []
+

@@ -3,17 +3,12 @@
 lmms-eval executes this file afresh for every ``!function`` tag, so it keeps no state of its own.
 """
 
-from functools import partial
-
 from finecaption_plugin import compositioncap
 
 doc_to_visual = compositioncap.doc_to_visual
 doc_to_text = compositioncap.doc_to_text
 process_results = compositioncap.process_results
 
-aarc_docs = partial(compositioncap.select_docs, task="aarc")
-rdc_docs = partial(compositioncap.select_docs, task="rdc")
-global_docs = partial(compositioncap.select_docs, task="global")
 
 
 def rouge_l(samples, args=None):
@@ -40,4 +35,7 @@ def __getattr__(name):
     # `data_files: {test: !function utils.test_file}` in the YAML: the path, checked, when the task loads.
     if name == "test_file":
         return compositioncap.test_file()
+    # `process_docs: !function utils.<task name>_docs`: the checked records of that task variant.
+    if name.endswith("_docs"):
+        return compositioncap.variant_docs(name.removesuffix("_docs"))
     raise AttributeError(name)
