@@ -369,3 +369,20 @@ def test_paragraph_tasks_do_not_stop_at_a_blank_line(root: Path, task_manager, n
     (task,) = get_task_dict([name], task_manager).values()
     assert task.config.generation_kwargs["until"] == []
 
+
+def test_the_readme_s_copied_task_yaml_resolves(root: Path, tmp_path: Path):
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (snippet,) = [block for block in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "_mine" in block]
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    placeholder = "/path/printed/by/finecaption-tasks-dir"
+    assert placeholder in snippet
+    (folder / "compositioncap_rdc_mine.yaml").write_text(snippet.replace(placeholder, tasks_dir()))
+    for model, phrase in (("qwen2_5_vl", "outlined in red"), ("llava_hf", "inside the red box")):
+        manager = TaskManager(include_path=str(folder), model_name=model)
+        (task,) = get_task_dict(["compositioncap_rdc_mine"], manager).values()
+        docs = task.test_docs()
+        assert len(docs) == 6 and set(docs["variant"]) == {"compositioncap_rdc_mine"}
+        assert phrase in task.doc_to_text(docs[0])
