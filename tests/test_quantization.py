@@ -41,3 +41,25 @@ def test_4bit_load_quantises_only_the_language_model_and_lora_backward_runs(tiny
     grads = [p.grad for name, p in model.named_parameters() if "lora_B" in name]
     assert torch.isfinite(loss) and grads and all(g is not None for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_train_loader_8bit_quantises_only_the_language_model_and_lora_backward_runs(tiny_checkpoint):
+    from types import SimpleNamespace
+
+    from finecaption_plugin.lora import add_lora, set_trainable
+    from finecaption_plugin.train import load_model
+
+    flags = SimpleNamespace(
+        bits=8, quant_type="nf4", double_quant=True, bf16=False, fp16=False, device=torch.device("cpu"),
+        cache_dir=None, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_bias="none",
+    )  # fmt: skip
+    model = load_model(SimpleNamespace(model_name_or_path=str(tiny_checkpoint)), flags)
+    quantised = {name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear8bitLt)}
+    assert quantised and all(name.startswith("model.language_model.layers.") for name in quantised)
+    model = add_lora(model, flags)
+    set_trainable(model, {"mask", "projector"}, upcast=True)
+    input_ids = torch.tensor([[1, 5, 9, 12, 7]])
+    loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    grads = [p.grad for name, p in model.named_parameters() if "lora_B" in name]
+    assert torch.isfinite(loss) and grads and any(g.abs().sum() > 0 for g in grads)

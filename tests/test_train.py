@@ -146,6 +146,51 @@ def test_lora_targets_only_the_language_model(lora_run):
     assert not any(name.endswith("embed_tokens.weight") or "lm_head" in name for name in trainable)
 
 
+def test_projector_learns_at_mm_projector_lr(lora_run):
+    projector = {
+        id(param) for name, param in lora_run.model.named_parameters() if "multi_modal_projector" in name
+    }
+    rates = {}
+    for group in lora_run.optimizer.param_groups:
+        for param in group["params"]:
+            rates[id(param)] = group["initial_lr"]  # before the scheduler's decay
+    assert projector and all(rates[key] == 2e-3 for key in projector)
+    others = {rate for key, rate in rates.items() if key not in projector}
+    assert others == {1e-2}
+
+
+def test_group_by_modality_length_reaches_the_trainer(lora_run, monkeypatch):
+    from finecaption_plugin.data import ModalityLengthGroupedSampler
+
+    assert not isinstance(lora_run._get_train_sampler(), ModalityLengthGroupedSampler)
+    monkeypatch.setattr(lora_run.args, "group_by_modality_length", True)
+    sampler = lora_run._get_train_sampler()
+    assert isinstance(sampler, ModalityLengthGroupedSampler)
+    assert sorted(sampler) == list(range(len(lora_run.train_dataset)))
+
+
+def test_pretrained_projector_is_loaded_from_llava_names(tiny_checkpoint, tmp_path):
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+    from finecaption_plugin.train import load_projector
+
+    model = FineCaptionForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    projector = model.model.multi_modal_projector
+    stage1 = {  # a LLaVA stage-1 mm_projector.bin
+        "model.mm_projector.0.weight": torch.randn_like(projector.linear_1.weight),
+        "model.mm_projector.0.bias": torch.randn_like(projector.linear_1.bias),
+        "model.mm_projector.2.weight": torch.randn_like(projector.linear_2.weight),
+        "model.mm_projector.2.bias": torch.randn_like(projector.linear_2.bias),
+    }
+    torch.save(stage1, tmp_path / "mm_projector.bin")
+    load_projector(model, str(tmp_path / "mm_projector.bin"))
+    assert torch.equal(projector.linear_1.weight, stage1["model.mm_projector.0.weight"])
+    assert torch.equal(projector.linear_2.bias, stage1["model.mm_projector.2.bias"])
+    del stage1["model.mm_projector.2.bias"]
+    torch.save(stage1, tmp_path / "partial.bin")
+    with pytest.raises(ValueError, match=r"missing \['linear_2.bias'\]"):
+        load_projector(model, str(tmp_path / "partial.bin"))
+
+
 def test_every_checkpoint_has_llava_layout(lora_run):
     output = Path(lora_run.args.output_dir)
     for folder in (output / "checkpoint-6", output / "checkpoint-12", output):
