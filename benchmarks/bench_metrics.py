@@ -35,7 +35,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from finecaption_plugin.metrics import caption_scores
 from finecaption_plugin.metrics.meteor import MeteorProcess
-from finecaption_plugin.metrics.tokenizer import ptb_tokenize
+from finecaption_plugin.metrics.scores import tokenize_pairs
 
 KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 COCO_NAMES = dict(zip(KEYS, ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"), strict=True))
@@ -133,9 +133,7 @@ ROUTES = {"per-metric": per_metric, "lmms-eval": lmms_eval_route, "once": once}
 
 def meteor_alone(predictions: list[str], references: list[list[str]]) -> float:
     """Wall seconds of METEOR 1.5 on its own: JVM start plus every segment, on PTB-tokenised pairs."""
-    tokens = ptb_tokenize([*predictions, *(ref for refs in references for ref in refs)])
-    hypotheses, rest = tokens[: len(predictions)], iter(tokens[len(predictions) :])
-    tokenized_refs = [[next(rest) for _ in refs] for refs in references]
+    hypotheses, tokenized_refs = tokenize_pairs(predictions, references)
     start = time.perf_counter()
     with MeteorProcess() as meteor:
         meteor.segment_stats(hypotheses, tokenized_refs)

@@ -78,7 +78,7 @@ def caption_scores(
             # Started first: METEOR's JVM spends seconds loading its paraphrase table while we tokenise.
             meteor = stack.enter_context(MeteorProcess())
         if selected - {"BERTScore"}:
-            hypotheses, tokenized_refs = _tokenize(predictions, references)
+            hypotheses, tokenized_refs = tokenize_pairs(predictions, references)
             if meteor is not None:
                 pending_meteor = pool.submit(meteor.segment_stats, hypotheses, tokenized_refs)
             if "BLEU" in selected:
@@ -143,7 +143,10 @@ def _check_text(text: object, index: int, field: str) -> None:
         raise CaptionInputError(f"field '{field}': not valid Unicode text ({error})", index) from None
 
 
-def _tokenize(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
+def tokenize_pairs(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> tuple[list[str], list[list[str]]]:
+    """PTB tokens of every prediction and reference, in one tokenizer run, in the shape they came in."""
     logger.info("PTB-tokenising %d predictions and their references", len(predictions))
     tokens = ptb_tokenize([*predictions, *(ref for refs in references for ref in refs)])
     hypotheses, rest = tokens[: len(predictions)], iter(tokens[len(predictions) :])
