@@ -367,3 +367,27 @@ def test_shipped_scripts_parse(script, tmp_path):
         if training_args.bits == 4:
             assert config["zero_optimization"]["stage"] == 2 and training_args.lora_enable
         assert training_args.gradient_checkpointing and data_args.image_aspect_ratio == "pad"
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["torch.distributed.run", "--nproc_per_node", "2"],
+        ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no"],
+    ],  # fmt: skip
+    ids=["torchrun", "accelerate"],
+)
+def test_two_process_launch_trains_data_parallel(tiny_checkpoint, dataset, tmp_path, launcher):
+    """`torchrun` / `accelerate launch` of the module on CPU (gloo): two ranks share each step's batches."""
+    output = tmp_path / "run"
+    flags = run_args(tiny_checkpoint, dataset, output, "--max_steps", "4", "--save_steps", "2")
+    flags[flags.index("--per_device_train_batch_size") + 1] = "1"
+    command = [sys.executable, "-m", *launcher, "-m", "finecaption_plugin.train", *flags]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((output / "trainer_state.json").read_text())
+    # 4 steps x 1 sample x 2 ranks over 4 samples: 2 epochs (one rank alone would make 1).
+    assert state["global_step"] == 4 and state["epoch"] == 2.0
+    for folder in (output / "checkpoint-2", output):
+        assert (folder / "non_lora_trainables.bin").is_file() and (folder / "adapter_model.safetensors").is_file()
