@@ -269,6 +269,7 @@ def process_results(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str,
         "variant": doc["variant"],
         "style": _STYLES.get(doc["variant"]) if doc.get("mask") is not None else None,  # None: no region
         "id": doc["id"],
+        "attribute": doc.get("attribute"),  # `finecaption score LOG --group-field attribute` reads it here
         "prediction": results[0] if results else "",
     }
     return dict.fromkeys(METRICS, sample)

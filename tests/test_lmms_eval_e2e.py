@@ -105,6 +105,17 @@ def test_lmms_eval_run_writes_all_five_metrics(single_run: Path):
     assert (extras / "index.html").is_file() and (extras / "gallery.png").is_file()
 
 
+def test_samples_log_rescores_per_attribute(single_run: Path, tmp_path: Path):
+    """README's `finecaption score LOG --group-field attribute` gives the task's scores and breakdown."""
+    (log,) = single_run.glob("*/*_samples_compositioncap_aarc.jsonl")
+    output = tmp_path / "aarc.json"
+    command = [str(BIN / "finecaption"), "score", str(log), "--group-field", "attribute", "-o", str(output)]
+    subprocess.run(command, check=True, capture_output=True)
+    rescored = json.loads(output.read_text())
+    assert set(rescored["groups"]) == {"color", "shape"}
+    assert {metric: rescored[metric] for metric in _scores(single_run)} == pytest.approx(_scores(single_run))
+
+
 def test_two_processes_give_each_document_its_own_answer(
     single_run: Path, checkpoint: Path, data_root: Path, tmp_path: Path
 ):
