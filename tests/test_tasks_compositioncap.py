@@ -346,7 +346,7 @@ def test_a_sample_carries_no_references(root: Path):
     doc = next(iter(compositioncap.variant_docs("compositioncap_global")(_dataset(_records(root)))))
     metrics = compositioncap.process_results(doc, ["an answer"])
     assert list(metrics) == list(compositioncap.METRICS)
-    assert all(value == {"variant": "compositioncap_global", "style": None, "id": doc["id"],
+    assert all(value == {"variant": "compositioncap_global", "style": None, "id": doc["id"], "attribute": None,
                          "prediction": "an answer"} for value in metrics.values())  # fmt: skip
 
 
