@@ -80,13 +80,14 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder: ``*.safetensors`` or ``pytorch_model*.bin`` (``weights_only``)."""
     import torch
     from safetensors.torch import load_file
+    from tqdm.auto import tqdm
 
     state: dict[str, torch.Tensor] = {}
     safetensors_files = sorted(folder.glob("*.safetensors"))
     bin_files = sorted(folder.glob("pytorch_model*.bin"))
     if not safetensors_files and not bin_files:
         raise ConversionError(f"{folder} holds neither *.safetensors nor pytorch_model*.bin files")
-    for path in safetensors_files or bin_files:
+    for path in tqdm(safetensors_files or bin_files, desc=f"reading {folder.name}", unit="shard"):
         shard = (
             load_file(path) if path.suffix == ".safetensors" else torch.load(path, "cpu", weights_only=True)
         )
