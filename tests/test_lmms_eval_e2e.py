@@ -116,10 +116,19 @@ def test_samples_log_rescores_per_attribute(single_run: Path, tmp_path: Path):
     assert {metric: rescored[metric] for metric in _scores(single_run)} == pytest.approx(_scores(single_run))
 
 
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["torchrun", "--standalone", "--nproc_per_node", "2"],
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no"],
+    ],  # fmt: skip
+    ids=["torchrun", "accelerate"],
+)
 def test_two_processes_give_each_document_its_own_answer(
-    single_run: Path, checkpoint: Path, data_root: Path, tmp_path: Path
+    single_run: Path, checkpoint: Path, data_root: Path, tmp_path: Path, launcher: list[str]
 ):
-    launcher = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmms_eval"]
+    launcher = [str(BIN / launcher[0]), *launcher[1:], "-m", "lmms_eval"]
     run = _run(launcher, checkpoint, data_root, tmp_path / "out")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     two = _predictions(tmp_path / "out")
