@@ -8,6 +8,7 @@ with the `llama3` chat template. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 # Special tokens first, so their ids are fixed: the tiny preset's `pad_token_id`/`image_token_id` refer to them.
@@ -31,8 +32,9 @@ _CORPUS = (
 )
 
 
-def build_tiny_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE `PreTrainedTokenizerFast` of `vocab_size` tokens, left-padding, trained offline."""
+def build_tiny_tokenizer(vocab_size: int = 384, corpus: Sequence[str] | None = None):
+    """A byte-level BPE `PreTrainedTokenizerFast` of at most `vocab_size` tokens, left-padding, trained offline on
+    `corpus` (default: a fixed sample of captioning text)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -45,7 +47,7 @@ def build_tiny_tokenizer(vocab_size: int = 384):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    backend.train_from_iterator(list(corpus or _CORPUS) * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<|begin_of_text|>",
@@ -56,8 +58,14 @@ def build_tiny_tokenizer(vocab_size: int = 384):
     )
 
 
-def create_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
-    """Write a randomly initialised tiny FineCaption checkpoint (model, tokenizer, processor) to `path`."""
+def create_tiny_checkpoint(
+    path: str | Path, seed: int = 0, preset: str = "tiny", corpus: Sequence[str] | None = None
+) -> Path:
+    """Write a randomly initialised FineCaption checkpoint (model, tokenizer, processor) of `preset` to `path`.
+
+    The tokenizer is learnt from `corpus` (default: a fixed sample) with the preset's `vocab_size` as its upper
+    bound; the model's vocabulary is cut to the tokenizer's size when the corpus yields fewer tokens.
+    """
     import torch
 
     from .configuration_finecaption import FineCaptionConfig
@@ -67,8 +75,9 @@ def create_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
     from .processing_finecaption import FineCaptionProcessor
 
     path = Path(path)
-    config = FineCaptionConfig.from_preset("tiny")
-    tokenizer = build_tiny_tokenizer(config.text_config.vocab_size)
+    config = FineCaptionConfig.from_preset(preset)
+    tokenizer = build_tiny_tokenizer(config.text_config.vocab_size, corpus)
+    config.text_config.vocab_size = len(tokenizer)
     assert tokenizer.convert_tokens_to_ids("<image>") == config.image_token_id
     assert tokenizer.pad_token_id == config.pad_token_id
     config.text_config.bos_token_id = tokenizer.bos_token_id

@@ -1,0 +1,50 @@
+"""The shipped demo FineCaption: where its checkpoint lives and how `make demo-model` builds and exports it.
+
+No FineCaption weights were ever released, so the package ships its own small model: the `demo` preset
+(`configuration_finecaption.PRESETS`), a tokenizer learnt from the scene generator's text (`synth.corpus`),
+trained from scratch with `finecaption train` on generated scenes (`finecaption synth --format llava`) on a
+CPU. The checkpoint is stored in float16 (to stay under 16 MB) and loads in float32 (its `config.json` says
+so, which `from_pretrained(dtype="auto")`, the default, follows).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEMO_PRESET = "demo"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+STORAGE_DTYPE = "float16"
+
+
+def demo_checkpoint() -> Path:
+    """The folder of the shipped demo checkpoint (model, tokenizer, processor), for `from_pretrained`."""
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the demo checkpoint is missing from {DEMO_MODEL_DIR}: reinstall finecaption-plugin, or rebuild it "
+            "with `make demo-model` in a clone of the repository"
+        )
+    return DEMO_MODEL_DIR
+
+
+def create_demo_init(path: str | Path, seed: int = 0) -> Path:
+    """Write the randomly initialised demo model, with its tokenizer learnt from the generator's text."""
+    from .synth import corpus
+    from .tiny import create_tiny_checkpoint
+
+    return create_tiny_checkpoint(path, seed=seed, preset=DEMO_PRESET, corpus=corpus())
+
+
+def export_demo(trained: str | Path, target: str | Path = DEMO_MODEL_DIR) -> Path:
+    """Copy the trained model at `trained` to `target`: weights in float16, `config.json` loading float32."""
+    import torch
+    from transformers import AutoProcessor
+
+    from .modeling_finecaption import FineCaptionForConditionalGeneration
+
+    target = Path(target)
+    model = FineCaptionForConditionalGeneration.from_pretrained(trained, dtype=torch.float32)
+    model.to(getattr(torch, STORAGE_DTYPE)).save_pretrained(target)
+    model.config.dtype = torch.float32  # computed in float32 on load; float16 is only how the file stores it
+    model.config.save_pretrained(target)
+    AutoProcessor.from_pretrained(trained).save_pretrained(target)
+    return target
