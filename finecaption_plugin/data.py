@@ -10,6 +10,12 @@ Accepted files (``--data_path``), ``.json`` (a list) or ``.jsonl`` (one record a
   (the evaluation JSONL): one training sample per caption, asked with the task's prompt
   (`finecaption_plugin.prompts.task_prompt`).
 
+A LLaVA record with a mask may name how the region is shown, ``"visual_prompt"``: ``"mask"`` (the default)
+feeds the mask to the model; any other style of ``visual_prompts.VISUAL_PROMPT_STYLES`` ("bbox",
+"contour", ...) is drawn on the image at load time (``visual_prompts.render_visual_prompt``) and the
+model gets no mask (the whole image), as the lmms-eval CompositionCap tasks show a region in that style.
+The prompt should name the region with the style's phrase (``visual_prompts.REGION_PHRASES``).
+
 Records are checked when the file is read (structure, conversation, files present), so a bad one stops
 the run before training starts; images and masks are decoded lazily. Every error names the record.
 """
@@ -39,6 +45,7 @@ from .conversation import (
 )
 from .masks import MaskError, is_mask_path, load_mask
 from .prompts import task_prompt
+from .visual_prompts import VISUAL_PROMPT_STYLES, render_visual_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +97,19 @@ class Sample:
     mask: Any = None
     height: int | None = None
     width: int | None = None
+    visual_prompt: str = "mask"
+
+
+def _visual_prompt(name: str, record: dict) -> str:
+    """The record's ``visual_prompt`` (default "mask"), checked."""
+    style = record.get("visual_prompt", "mask")
+    if style not in VISUAL_PROMPT_STYLES:
+        raise DataError(f"{name}: field 'visual_prompt': {style!r} is not one of {', '.join(VISUAL_PROMPT_STYLES)}")
+    if style != "mask" and record.get("mask") is None:
+        raise DataError(f"{name}: field 'visual_prompt': {style!r} shows a region, but the record has no 'mask'")
+    if style != "mask" and "conversations" not in record:
+        raise DataError(f"{name}: field 'visual_prompt': {style!r} is for LLaVA records, whose prompt names the region")
+    return style
 
 
 def _compositioncap_samples(index: int, record: dict, template: ConversationTemplate) -> list[Sample]:
@@ -139,12 +159,13 @@ def build_samples(
             raise DataError(f"{name}: field 'mask': a mask needs an 'image'")
         if isinstance(mask, str) and is_mask_path(mask) and not _resolve(mask, root).is_file():
             raise DataError(f"{name}: field 'mask': file not found: {_resolve(mask, root)}")
+        style = _visual_prompt(name, record)
         try:
             if "conversations" in record:
                 if not isinstance(record["conversations"], list):
                     raise ConversationError("expected a list of turns")
                 turns = normalize_turns(record["conversations"], template, has_image=image is not None)
-                samples.append(Sample(name, turns, image, mask, record.get("height"), record.get("width")))
+                samples.append(Sample(name, turns, image, mask, record.get("height"), record.get("width"), style))
             elif "captions" in record:
                 if image is None:
                     raise DataError(f"{name}: field 'image': a CompositionCap record needs an image")
@@ -211,6 +232,9 @@ class SupervisedDataset(Dataset):
             mask = load_mask(sample.mask, image.height, image.width, root=self.root)
         except MaskError as err:
             raise DataError(f"{sample.name}: field 'mask': {err}") from None
+        if sample.visual_prompt != "mask":  # drawn on the image; the model sees the whole image
+            image, _ = render_visual_prompt(image, mask, sample.visual_prompt, "")
+            return image.convert("RGB"), None
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
