@@ -200,9 +200,20 @@ class FineCaptionVisionTower(nn.Module):
         pixels = pixel_values * channels(config.pixel_std) + channels(config.pixel_mean)
         return (pixels - channels(config.sam_pixel_mean)) / channels(config.sam_pixel_std)
 
-    def slow_features(self, pixel_values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """The slow map `[batch, slow_channels, S / 32, S / 32]`: ConvNeXt, and SAM's unshuffled neck if used."""
-        stem_mask = self.slow_mask_embed(alpha) if self.slow_mask_embed is not None else None
+    @property
+    def slow_path_reads_mask(self) -> bool:
+        """Whether the slow map depends on the mask (`slow_mask_embedding`); if not, one image's masks share it."""
+        return self.slow_mask_embed is not None
+
+    def slow_features(self, pixel_values: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """The slow map `[batch, slow_channels, S / 32, S / 32]`: ConvNeXt, and SAM's unshuffled neck if used.
+
+        `alpha` is the normalised mask `[batch, 1, S, S]`, read only when `slow_path_reads_mask`.
+        """
+        if self.slow_path_reads_mask and alpha is None:
+            raise ValueError("the slow path reads the mask (slow_mask_embedding): give alpha")
+        pixel_values = pixel_values.to(self.fast_mask_embed.weight.dtype)
+        stem_mask = self.slow_mask_embed(alpha.to(pixel_values.dtype)) if self.slow_path_reads_mask else None
         slow_map = self.slow_tower(pixel_values, stem_mask)
         if self.sam_tower is None:
             return slow_map
@@ -210,11 +221,24 @@ class FineCaptionVisionTower(nn.Module):
         sam_map = F.pixel_unshuffle(sam_map, sam_map.shape[-1] // slow_map.shape[-1])
         return torch.cat([slow_map, sam_map.to(slow_map.dtype)], dim=1)
 
-    def forward(self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_values: torch.Tensor | None = None,
+        slow_map: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`[batch, 3, S, S]` pixels and `[batch, 1, S, S]` masks -> `[batch, fast_grid ** 2, clip_dim]`.
+
+        `slow_map` `[batch, slow_channels, S / 32, S / 32]`: the `slow_features` of these pixels, computed once per
+        image and reused for each of its masks (only valid while the slow path does not read the mask).
+        """
         # The tower may run in another dtype than the language model (fp32 beside an fp16 or 4-bit LLM).
         pixel_values = pixel_values.to(self.fast_mask_embed.weight.dtype)
         alpha = self.normalize_mask(mask_values, pixel_values)
-        slow_map = self.slow_features(pixel_values, alpha)
+        if slow_map is None:
+            slow_map = self.slow_features(pixel_values, alpha)
+        elif self.slow_path_reads_mask:
+            raise ValueError("the slow path reads the mask (slow_mask_embedding): its map cannot be shared")
 
         fast_size = (self.config.fast_image_size,) * 2
         fast_pixels = F.interpolate(pixel_values.float(), size=fast_size, mode="bilinear", align_corners=True)
@@ -301,10 +325,26 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def get_image_features(
-        self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        mask_values: torch.Tensor | None = None,
+        slow_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Projected image features `[batch, image_tokens, text_hidden]` of `[batch, 3, S, S]` pixels and masks."""
-        return self.multi_modal_projector(self.vision_tower(pixel_values, mask_values))
+        """Projected image features `[batch, image_tokens, text_hidden]` of `[batch, 3, S, S]` pixels and masks.
+
+        `slow_map`: the vision tower's `slow_features` of the pixels, when shared by several masks of one image.
+        """
+        return self.multi_modal_projector(self.vision_tower(pixel_values, mask_values, slow_map))
+
+    def merge_image_features(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """`inputs_embeds` `[batch, seq, hidden]` with its `<image>` tokens replaced, in order, by `image_features`
+        `[images, image_tokens, hidden]`."""
+        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(
+            self.image_token_mask(input_ids, inputs_embeds, image_features), image_features
+        )
 
     def forward(
         self,
@@ -323,10 +363,7 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is not None:
             image_features = self.get_image_features(pixel_values, mask_values)
-            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            inputs_embeds = inputs_embeds.masked_scatter(
-                self.image_token_mask(input_ids, inputs_embeds, image_features), image_features
-            )
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -381,6 +418,18 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
     ) -> torch.Tensor:
         """Projected image features `[batch, image_tokens, text_hidden]`."""
         return self.model.get_image_features(pixel_values, mask_values)
+
+    def caption_regions(self, processor, image, masks, prompts, **kwargs) -> list:
+        """Captions of many masks of an image, one or more prompts each, with the vision work and the prompt prefill
+        shared between them (see `finecaption_plugin.region_captioning`); greedy outputs equal the plain path's.
+
+        `image` a PIL image (or a list, with `masks` and `prompts` per image), `masks` bool `[H, W]` arrays (or any
+        `load_mask` form, None: the whole image), `prompts` a question for every mask or one entry per mask (a
+        question or a list of them). Keyword arguments: `share`, `batch_size`, `system_prompt`, and `generate`'s.
+        """
+        from .region_captioning import caption_regions
+
+        return caption_regions(self, processor, image, masks, prompts, **kwargs)
 
     def forward(
         self,
