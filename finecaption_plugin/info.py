@@ -5,18 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-# Component name -> module prefixes inside FineCaptionForConditionalGeneration.
-COMPONENTS = {
-    "fast_tower": ("model.vision_tower.fast_tower.",),
-    "slow_tower": ("model.vision_tower.slow_tower.",),
-    "sam_tower": ("model.vision_tower.sam_tower.",),
-    "mask_branch": ("model.vision_tower.fast_mask_embed.", "model.vision_tower.slow_mask_embed."),
-    "adapters": ("model.vision_tower.adapters.",),
-    "fusion": ("model.vision_tower.fusion.",),
-    "projector": ("model.multi_modal_projector.",),
-    "language_model": ("model.language_model.",),
-    "lm_head": ("lm_head.",),
-}
+from .parts import component_of, component_prefixes
+
+# Component name -> module prefixes inside FineCaptionForConditionalGeneration (rows of parts.COMPONENTS).
+COMPONENTS = component_prefixes()
 
 
 def describe(config) -> dict:
@@ -29,8 +21,7 @@ def describe(config) -> dict:
         model = FineCaptionForConditionalGeneration(config)
     per_component = dict.fromkeys(COMPONENTS, 0)
     for name, parameter in model.named_parameters():
-        component = next(key for key, prefixes in COMPONENTS.items() if name.startswith(prefixes))
-        per_component[component] += parameter.numel()
+        per_component[component_of(name).name] += parameter.numel()
     return {
         "total_params": sum(per_component.values()),
         "image_tokens": config.num_image_tokens,

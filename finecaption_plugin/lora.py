@@ -1,10 +1,13 @@
 """What trains in each stage, LoRA/QLoRA set-up, and LLaVA's ``non_lora_trainables.bin``.
 
-Parameters fall in parts by name: the mask branch (every name with "mask"), the MR-adapters and fusion
-("connector"), the projector, the vision towers, and the language model (``lm_head`` included). LoRA
-goes on the language model's attention and MLP projections only (a regex on its path, so CLIP's own
-``q_proj``/``k_proj``/``v_proj`` are never caught); the other trained parts train fully and are saved
-beside the adapter in ``non_lora_trainables.bin`` under LLaVA's key names.
+Parameters fall in parts (`finecaption_plugin.parts`): the mask branch, the MR-adapters and fusion
+("connector"), the projector, the vision towers, and the language model (``lm_head`` included). LoRA goes
+on the language model's attention and MLP projections only (a regex on its path, so CLIP's own
+``q_proj``/``k_proj``/``v_proj`` are never caught). The other trained parts train fully as peft's
+``modules_to_save``: peft saves them inside the adapter, restores them in ``PeftModel.from_pretrained`` and
+on resume, and merges them. ``non_lora_trainables.bin`` is written beside the adapter as LLaVA's export,
+under LLaVA's key names (the PeftModel's parameter names, without peft's ``modules_to_save.default``); runs
+saved before ``modules_to_save`` keep their fully trained parts only there, and still load.
 """
 
 from __future__ import annotations
@@ -15,51 +18,44 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from finecaption_plugin.parts import (
+    PARTS,
+    PEFT_PREFIX,
+    canonical_name,
+    is_copy,
+    modules_to_save,
+    part_of,
+    quant_skip_modules,
+    trained_parts,
+    unwrapped_name,
+)
+
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "LORA_TARGETS",
+    "NON_LORA_FILE",
+    "PARTS",
+    "PEFT_PREFIX",
+    "QUANT_SKIP_MODULES",
+    "add_lora",
+    "saved_modules",
+    "load_non_lora_trainables",
+    "non_lora_state_dict",
+    "part_of",
+    "quantization_config",
+    "save_non_lora_trainables",
+    "set_trainable",
+    "trained_parts",
+]
+
 NON_LORA_FILE = "non_lora_trainables.bin"
+ADAPTER_CONFIG = "adapter_config.json"
 LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-# llm_int8_skip_modules replaces bitsandbytes' default list, so lm_head is named here too.
-QUANT_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head"]
-PEFT_PREFIX = "base_model.model."
-
-PARTS = ("mask", "connector", "projector", "vision", "language")
-
-
-def part_of(name: str) -> str:
-    """The part a parameter of `FineCaptionForConditionalGeneration` belongs to, from its name."""
-    if "mask" in name:
-        return "mask"
-    if ".vision_tower.adapters." in name or ".vision_tower.fusion." in name:
-        return "connector"
-    if "multi_modal_projector" in name:
-        return "projector"
-    if ".vision_tower." in name:
-        return "vision"
-    return "language"
-
-
-def trained_parts(model_args, training_args) -> set[str]:
-    """The parts trained fully (not through LoRA) for the stage the flags choose."""
-    if model_args.tune_mm_mlp_adapter:
-        parts = {"projector", "connector"}
-    elif model_args.tune_mask_branch:
-        parts = {"mask"}
-    elif model_args.full_finetune:
-        parts = set(PARTS)
-    else:
-        parts = {"mask", "connector", "projector"}
-        if not model_args.freeze_vision:
-            parts.add("vision")
-        if not model_args.freeze_backbone:
-            parts.add("language")
-    if training_args.lora_enable:
-        if model_args.tune_mm_mlp_adapter or model_args.tune_mask_branch:
-            raise ValueError("--lora_enable trains the language model; stages 1 and 2 keep it frozen")
-        parts.discard("language")  # trained through the LoRA adapters instead
-    if training_args.freeze_mm_mlp_adapter:
-        parts.discard("projector")
-    return parts
+# llm_int8_skip_modules replaces bitsandbytes' default list, so lm_head is in it too (see parts.COMPONENTS).
+QUANT_SKIP_MODULES = quant_skip_modules()
+# peft's frozen original of a module it trains as modules_to_save.
+ORIGINAL_MODULE = ".original_module."
 
 
 def quantization_config(bits: int, quant_type: str, double_quant: bool, compute_dtype: torch.dtype):
@@ -78,8 +74,12 @@ def quantization_config(bits: int, quant_type: str, double_quant: bool, compute_
     )
 
 
-def add_lora(model: nn.Module, training_args) -> nn.Module:
-    """Wrap `model` in a peft `PeftModel` with LoRA on the language model's projections."""
+def add_lora(model: nn.Module, training_args, parts: set[str] | frozenset[str] = frozenset()) -> nn.Module:
+    """Wrap `model` in a peft `PeftModel`: LoRA on the language model's projections, ``parts`` fully trained.
+
+    The modules of ``parts`` (see `finecaption_plugin.parts.modules_to_save`) become peft's ``modules_to_save``:
+    peft trains a copy of each, saves it in the adapter and restores it with the adapter.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -88,6 +88,7 @@ def add_lora(model: nn.Module, training_args) -> nn.Module:
         lora_dropout=training_args.lora_dropout,
         bias=training_args.lora_bias,
         target_modules=LORA_TARGETS,
+        modules_to_save=modules_to_save(model, parts) or None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
@@ -96,14 +97,17 @@ def add_lora(model: nn.Module, training_args) -> nn.Module:
 def set_trainable(model: nn.Module, parts: set[str], upcast: bool) -> dict[str, int]:
     """Freeze every parameter outside ``parts`` (what peft trains stays trainable) -> trained counts per part.
 
-    With ``upcast``, trained parameters are kept in float32 (the optimizer's master copy); frozen ones keep
-    the load dtype. DeepSpeed manages dtypes itself, so it runs without upcast.
+    Of a module peft trains as ``modules_to_save``, the trained copy counts in its part and the original
+    stays frozen. With ``upcast``, trained parameters are kept in float32 (the optimizer's master copy);
+    frozen ones keep the load dtype. DeepSpeed manages dtypes itself, so it runs without upcast.
     """
     counts = dict.fromkeys((*PARTS, "lora"), 0)
     is_peft = hasattr(model, "peft_config")
     for name, param in model.named_parameters():
+        if ORIGINAL_MODULE in name:
+            part, train = part_of(name), False
         # peft leaves trainable its LoRA weights and, with --lora_bias all|lora_only, the biases it chose.
-        if "lora_" in name or (is_peft and param.requires_grad and name.endswith(".bias")):
+        elif "lora_" in name or (is_peft and param.requires_grad and name.endswith(".bias") and not is_copy(name)):
             part, train = "lora", True
         else:
             part = part_of(name)
@@ -118,6 +122,14 @@ def set_trainable(model: nn.Module, parts: set[str], upcast: bool) -> dict[str, 
     return counts
 
 
+def saved_modules(folder: str | Path) -> list[str]:
+    """The ``modules_to_save`` recorded in the adapter of a LoRA run or checkpoint (empty: saved before them)."""
+    import json
+
+    config = Path(folder) / ADAPTER_CONFIG
+    return list(json.loads(config.read_text()).get("modules_to_save") or []) if config.is_file() else []
+
+
 def _gathered(param: torch.Tensor) -> torch.Tensor:
     """A full CPU copy of ``param``, gathering it first when DeepSpeed ZeRO-3 has partitioned it."""
     if hasattr(param, "ds_id"):
@@ -129,9 +141,12 @@ def _gathered(param: torch.Tensor) -> torch.Tensor:
 
 
 def non_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trained parameters that are not LoRA weights, under the PeftModel's names (LLaVA's file layout)."""
+    """Trained parameters that are not LoRA weights, under the PeftModel's names (LLaVA's file layout).
+
+    peft's trained copies are written under the name of the module they replace (no ``modules_to_save.default``).
+    """
     return {
-        name: _gathered(param)
+        unwrapped_name(name): _gathered(param)
         for name, param in model.named_parameters()
         if param.requires_grad and "lora_" not in name
     }
@@ -147,14 +162,20 @@ def save_non_lora_trainables(model: nn.Module, output_dir: str | Path, write: bo
 def load_non_lora_trainables(model: nn.Module, path: str | Path) -> int:
     """Load a ``non_lora_trainables.bin`` into ``model`` (a PeftModel or the bare model) -> tensors loaded.
 
-    Keys are matched after removing the PeftModel prefix, as LLaVA's loader does; an unknown key or a
-    shape mismatch is an error.
+    Keys are matched after removing the PeftModel prefix, as LLaVA's loader does; a module peft trains as
+    ``modules_to_save`` receives the tensor in its trained copy (resuming a checkpoint saved before
+    ``modules_to_save``); LoRA-wrapped biases (``--lora_bias``) load into the bare model's layer. An unknown key
+    or a shape mismatch is an error.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = dict(target.named_parameters())
+    params = {
+        canonical_name(name): param for name, param in target.named_parameters() if ORIGINAL_MODULE not in name
+    }
     for key, value in state.items():
         name = key.removeprefix(PEFT_PREFIX)
+        if name not in params and ".base_layer." in name:
+            name = name.replace(".base_layer.", ".")
         if name not in params:
             raise KeyError(f"{path}: {key!r} is not a parameter of the model")
         if params[name].shape != value.shape:

@@ -14,6 +14,7 @@ from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPPreTrainedMo
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
 from .configuration_finecaption import FineCaptionConfig
+from .parts import keep_in_fp32_modules
 
 
 def align_to_grid(feature_map: torch.Tensor, grid_size: int) -> torch.Tensor:
@@ -279,7 +280,7 @@ class FineCaptionPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["FineCaptionVisionTower", "LlamaDecoderLayer"]
     # transformers adds these to bitsandbytes' skip list, so a plain `BitsAndBytesConfig(load_in_4bit=True)` quantises
     # only the language model (lm_head is skipped by default); loading in fp16 keeps them in fp32.
-    _keep_in_fp32_modules = [r".*vision_tower", r".*multi_modal_projector"]
+    _keep_in_fp32_modules = keep_in_fp32_modules()  # the components with fp32=True in parts.COMPONENTS
     _skip_keys_device_placement = "cache"
     _supports_flash_attn = True
     _supports_sdpa = True
