@@ -36,6 +36,28 @@ def _print_tasks_dir(_: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import write_synth
+
+    print(write_synth(args.directory, args.images, seed=args.seed, format=args.format, size=args.size))
+    return 0
+
+
+def _add_synth_command(subparsers: argparse._SubParsersAction) -> None:
+    synth = subparsers.add_parser("synth", help="write synthetic regional-captioning scenes (CompositionCap or LLaVA)")
+    synth.add_argument("directory", help="output folder")
+    synth.add_argument("--images", type=int, required=True, help="number of images")
+    synth.add_argument("--seed", type=int, default=0, help="data set seed (same arguments, same bytes)")
+    synth.add_argument(
+        "--format",
+        choices=["compositioncap", "llava"],
+        default="compositioncap",
+        help="compositioncap: compositioncap_test.jsonl (lmms-eval); llava: train.json (training)",
+    )
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    synth.set_defaults(func=_synth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finecaption", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.set_defaults(func=_print_tasks_dir)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_command(subparsers)
+    _add_synth_command(subparsers)
     return parser
 
 
