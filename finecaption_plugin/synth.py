@@ -211,6 +211,7 @@ class Scene:
 
     @property
     def name(self) -> str:
+        """The id prefix of the scene's records and image: ``s00012``."""
         return f"s{self.index:05d}"
 
     @functools.cached_property
@@ -516,6 +517,7 @@ def chance(scene: Scene, k: int, attribute: str) -> float:
 
 
 def image_path(scene: Scene) -> str:
+    """The scene's image file, relative to the output folder: ``images/s00012.png``."""
     return f"images/{scene.name}.png"
 
 
