@@ -2,37 +2,28 @@
 
 Importing the package registers `model_type="finecaption"` with transformers' Auto classes, so
 `AutoConfig`, `AutoModelForImageTextToText`, `AutoModelForCausalLM`, `AutoImageProcessor` and `AutoProcessor`
-load FineCaption checkpoints from local folders, without `trust_remote_code`.
+load FineCaption checkpoints from local folders, without `trust_remote_code` (`registration`: each Auto
+class learns it when transformers loads that class). The public classes below are imported on first use,
+so the import itself costs next to nothing.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-)
+from __future__ import annotations
 
-from .configuration_finecaption import FineCaptionConfig
-from .image_processing_finecaption import FineCaptionImageProcessor
-from .modeling_finecaption import FineCaptionForConditionalGeneration, FineCaptionModel
-from .processing_finecaption import FineCaptionProcessor
+import importlib
+from typing import TYPE_CHECKING
+
+from .registration import register
 
 __version__ = "0.1.0"
 
-AutoConfig.register(FineCaptionConfig.model_type, FineCaptionConfig, exist_ok=True)
-AutoModel.register(FineCaptionConfig, FineCaptionModel, exist_ok=True)
-AutoModelForImageTextToText.register(FineCaptionConfig, FineCaptionForConditionalGeneration, exist_ok=True)
-AutoModelForCausalLM.register(FineCaptionConfig, FineCaptionForConditionalGeneration, exist_ok=True)
-# One NumPy/PIL implementation serves both backend names: AutoImageProcessor asks for "torchvision" by default and,
-# finding only "pil", would warn about a fallback on every load.
-AutoImageProcessor.register(
-    FineCaptionConfig,
-    image_processor_classes={"torchvision": FineCaptionImageProcessor, "pil": FineCaptionImageProcessor},
-    exist_ok=True,
-)
-AutoProcessor.register(FineCaptionConfig, FineCaptionProcessor, exist_ok=True)
+# Public name -> the module that defines it (imported on first attribute access, PEP 562).
+_PUBLIC = {
+    "FineCaptionConfig": ".configuration_finecaption",
+    "FineCaptionForConditionalGeneration": ".modeling_finecaption",
+    "FineCaptionImageProcessor": ".image_processing_finecaption",
+    "FineCaptionModel": ".modeling_finecaption",
+    "FineCaptionProcessor": ".processing_finecaption",
+}
 
 __all__ = [
     "FineCaptionConfig",
@@ -41,3 +32,24 @@ __all__ = [
     "FineCaptionModel",
     "FineCaptionProcessor",
 ]
+
+if TYPE_CHECKING:
+    from .configuration_finecaption import FineCaptionConfig
+    from .image_processing_finecaption import FineCaptionImageProcessor
+    from .modeling_finecaption import FineCaptionForConditionalGeneration, FineCaptionModel
+    from .processing_finecaption import FineCaptionProcessor
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+register()

@@ -1,38 +1,119 @@
-"""The ``finecaption`` command: one sub-command per job, each defined beside the code it drives.
+"""The ``finecaption`` command line: every sub-command's flags, each calling one library function.
 
-Every module listed in ``COMMAND_MODULES`` exposes ``add_command(subparsers)``, which adds its
-sub-parser and sets ``func`` (called with the parsed namespace, returning an exit status).
-Those modules keep their heavy imports (the model, training, metrics) inside functions, so
-building the parser stays cheap.
+This is the only module that builds ``argparse`` parsers. Each handler imports its library inside the
+function, so building the parser (``finecaption --help``) imports nothing heavy: no torch, no transformers.
+``finecaption train`` is the exception that proves the rule: its flags are LLaVA's ``train.py`` flags,
+parsed by ``HfArgumentParser`` over the dataclasses of ``training_args`` (the library's schema), so this
+module only hands the raw arguments over.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "finecaption_plugin.info",
-    "finecaption_plugin.tiny",
-    "finecaption_plugin.train",
-    "finecaption_plugin.convert",
-    "finecaption_plugin.merge",
-    "finecaption_plugin.metrics.command",
-    "finecaption_plugin.compositioncap",
-)
+from .tasks import tasks_dir
+
+__all__ = ["build_parser", "main", "tasks_dir", "visual_prompts_demo"]
+
+Handler = Callable[[argparse.Namespace], int]
 
 
-def tasks_dir() -> str:
-    """The folder of the shipped lmms-eval tasks, for ``lmms-eval --include_path``."""
-    from importlib.resources import files
-
-    return str(files("finecaption_plugin.tasks"))
+# -- handlers: one library call each -------------------------------------------------------------------
 
 
-def _print_tasks_dir(_: argparse.Namespace) -> int:
+def _tasks_dir(_: argparse.Namespace) -> int:
     print(tasks_dir())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from .configuration_finecaption import FineCaptionConfig
+    from .info import describe
+
+    print(json.dumps(describe(FineCaptionConfig.from_preset(args.preset)), indent=2))
+    return 0
+
+
+def _preset(name: str) -> str:
+    """``finecaption info``'s argument type: a preset name (checked lazily, so ``--help`` stays cheap)."""
+    from .configuration_finecaption import PRESETS
+
+    if name not in PRESETS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(sorted(PRESETS))})")
+    return name
+
+
+def _create_tiny(args: argparse.Namespace) -> int:
+    from .tiny import create_tiny_checkpoint
+
+    print(create_tiny_checkpoint(args.directory, seed=args.seed))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import main as train_main
+
+    return train_main(args.args)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import logging
+
+    from .convert import convert_llava_hr
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(convert_llava_hr(args.src, args.dst, args.alpha_clip, args.version))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    import logging
+
+    from .merge import merge_lora
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(merge_lora(args.model_path, args.model_base, args.save_model_path))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .metrics.command import score_file
+
+    return score_file(
+        args.file,
+        output=args.output,
+        metrics=args.metrics,
+        group_field=args.group_field,
+        bertscore_model=args.bertscore_model,
+        bertscore_layer=args.bertscore_layer,
+        device=args.device,
+    )
+
+
+def _compositioncap_demo(args: argparse.Namespace) -> int:
+    from .compositioncap import write_demo_folder
+
+    print(write_demo_folder(args.directory, images=args.images, seed=args.seed))
+    return 0
+
+
+def _compositioncap_convert(args: argparse.Namespace) -> int:
+    from .compositioncap import convert_nested
+
+    print(f"{convert_nested(args.source, args.target)} records written to {args.target}")
+    return 0
+
+
+def _visual_prompts(args: argparse.Namespace) -> int:
+    from .visual_prompts import write_demo
+
+    for path in write_demo(args.demo):
+        print(path)
     return 0
 
 
@@ -43,8 +124,91 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_synth_command(subparsers: argparse._SubParsersAction) -> None:
-    synth = subparsers.add_parser("synth", help="write synthetic regional-captioning scenes (CompositionCap or LLaVA)")
+# -- the parser ------------------------------------------------------------------------------------------
+
+
+def _add(subparsers: argparse._SubParsersAction, name: str, handler: Handler, **kwargs) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, **kwargs)
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finecaption", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add(sub, "tasks-dir", _tasks_dir, help="print the lmms-eval tasks folder shipped in the package")
+
+    info = _add(sub, "info", _info, help="parameter and image-token counts of a preset (JSON)")
+    info.add_argument("preset", type=_preset, help="a preset of FineCaptionConfig.from_preset (e.g. tiny)")
+
+    tiny = _add(
+        sub,
+        "create-tiny",
+        _create_tiny,
+        help="write a tiny random FineCaption checkpoint (same architecture, toy widths)",
+    )
+    tiny.add_argument("directory", help="output folder")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+
+    # Every flag goes to HfArgumentParser; "+" as prefix keeps argparse from reading "--flags" itself.
+    train = _add(
+        sub,
+        "train",
+        _train,
+        help="fine-tune FineCaption (LLaVA train.py flags + TrainingArguments; --help for all)",
+        add_help=False,
+        prefix_chars="+",
+    )
+    train.add_argument("args", nargs=argparse.REMAINDER)
+
+    convert = _add(sub, "convert", _convert, help="turn a LLaVA-HR checkpoint into a FineCaption checkpoint")
+    convert.add_argument("--from", dest="source_format", choices=["llava-hr"], required=True)
+    convert.add_argument("src", help="LLaVA-HR checkpoint folder (config.json, tokenizer, weights)")
+    convert.add_argument("dst", help="output folder")
+    convert.add_argument("--alpha-clip", help="Alpha-CLIP checkpoint whose conv1_alpha initialises the mask branch")
+    convert.add_argument(
+        "--version", default="vicuna_v1", help="conversation template of the LLM, for the chat template"
+    )
+
+    merge = _add(sub, "merge", _merge, help="merge a LoRA training run into a plain FineCaption checkpoint")
+    merge.add_argument("--model-path", required=True, help="the LoRA run (or one of its checkpoint-N folders)")
+    merge.add_argument("--model-base", help="base checkpoint (default: the one the run was trained from)")
+    merge.add_argument("--save-model-path", required=True, help="output folder")
+
+    score = _add(
+        sub,
+        "score",
+        _score,
+        help="score captions (BLEU, METEOR, ROUGE-L, CIDEr, BERTScore) of a JSONL or lmms-eval samples log",
+        description="``finecaption score FILE``: caption metrics of a JSONL of predictions, printed and saved as JSON.",
+    )
+    score.add_argument("file", type=Path, help="JSONL of prediction/references[/group] or lmms-eval samples")
+    score.add_argument("-o", "--output", type=Path, help="JSON to write (default: FILE with .scores.json)")
+    score.add_argument("--metrics", nargs="+", help="subset of BLEU METEOR ROUGE-L CIDEr BERTScore")
+    score.add_argument("--group-field", default="group", help="record field giving the group (default: group)")
+    score.add_argument("--bertscore-model", help="hub name in the local cache or folder (default: offline MiniLM)")
+    score.add_argument("--bertscore-layer", type=int, help="layer for BERTScore (default: the model's usual one)")
+    score.add_argument("--device", help="device for BERTScore (default: cuda if available)")
+
+    demo = _add(sub, "compositioncap-demo", _compositioncap_demo, help="write a small synthetic CompositionCap folder")
+    demo.add_argument("directory", help="output folder (use it as COMPOSITIONCAP_ROOT)")
+    demo.add_argument("--images", type=int, default=4, help="number of images (7 records each)")
+    demo.add_argument("--seed", type=int, default=0)
+
+    flatten = _add(
+        sub,
+        "compositioncap-convert",
+        _compositioncap_convert,
+        help="flatten per-image nested CompositionCap records to the task's JSONL",
+    )
+    flatten.add_argument("source", help="nested file: a JSON list or JSON lines of per-image records")
+    flatten.add_argument("target", help="flat JSON lines (name it compositioncap_test.jsonl in the data folder)")
+
+    visual = _add(sub, "visual-prompts", _visual_prompts, help="write one example image per visual prompt style")
+    visual.add_argument("--demo", metavar="OUTDIR", required=True, help="folder for the example PNGs")
+
+    synth = _add(sub, "synth", _synth, help="write synthetic regional-captioning scenes (CompositionCap or LLaVA)")
     synth.add_argument("directory", help="output folder")
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, default=0, help="data set seed (same arguments, same bytes)")
@@ -55,23 +219,17 @@ def _add_synth_command(subparsers: argparse._SubParsersAction) -> None:
         help="compositioncap: compositioncap_test.jsonl (lmms-eval); llava: train.json (training)",
     )
     synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    synth.set_defaults(func=_synth)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finecaption", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    tasks = subparsers.add_parser("tasks-dir", help="print the lmms-eval tasks folder shipped in the package")
-    tasks.set_defaults(func=_print_tasks_dir)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).add_command(subparsers)
-    _add_synth_command(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def visual_prompts_demo(argv: Sequence[str] | None = None) -> int:
+    """``python -m finecaption_plugin.visual_prompts --demo OUTDIR``: the same as ``finecaption visual-prompts``."""
+    return main(["visual-prompts", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Commands: ``finecaption compositioncap-demo DIR`` writes a small synthetic folde
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -504,27 +503,3 @@ def convert_nested(source: str | Path, target: str | Path) -> int:
     Path(target).write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     logger.info("wrote %d records of %d images to %s", len(records), len(images), target)
     return len(records)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    print(write_demo_folder(args.directory, images=args.images, seed=args.seed))
-    return 0
-
-
-def _run_convert(args: argparse.Namespace) -> int:
-    print(f"{convert_nested(args.source, args.target)} records written to {args.target}")
-    return 0
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("compositioncap-demo", help="write a small synthetic CompositionCap folder")
-    demo.add_argument("directory", help="output folder (use it as COMPOSITIONCAP_ROOT)")
-    demo.add_argument("--images", type=int, default=4, help="number of images (7 records each)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_run_demo)
-    convert = subparsers.add_parser(
-        "compositioncap-convert", help="flatten per-image nested CompositionCap records to the task's JSONL"
-    )
-    convert.add_argument("source", help="nested file: a JSON list or JSON lines of per-image records")
-    convert.add_argument("target", help=f"flat JSON lines (name it {TEST_FILE} in the data folder)")
-    convert.set_defaults(func=_run_convert)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedConfig, SamVisionConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 # The slow (ConvNeXt) and SAM paths both end at output stride 32: one image token per 32x32 pixels.
 SLOW_OUTPUT_STRIDE = 32

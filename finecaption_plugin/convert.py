@@ -12,7 +12,6 @@ the embeddings grow by a row initialised to the mean of the others.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -264,23 +263,3 @@ def convert_llava_hr(
     processor.save_pretrained(dst)
     logger.info("wrote FineCaption checkpoint %s", dst)
     return dst
-
-
-def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(convert_llava_hr(args.src, args.dst, args.alpha_clip, args.version))
-    return 0
-
-
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("convert", help="turn a LLaVA-HR checkpoint into a FineCaption checkpoint")
-    parser.add_argument("--from", dest="source_format", choices=["llava-hr"], required=True)
-    parser.add_argument("src", help="LLaVA-HR checkpoint folder (config.json, tokenizer, weights)")
-    parser.add_argument("dst", help="output folder")
-    parser.add_argument(
-        "--alpha-clip", help="Alpha-CLIP checkpoint whose conv1_alpha initialises the mask branch"
-    )
-    parser.add_argument(
-        "--version", default="vicuna_v1", help="conversation template of the LLM, for the chat template"
-    )
-    parser.set_defaults(func=_run)

@@ -1,9 +1,6 @@
-"""`finecaption info PRESET`: parameter counts and token counts of a configuration, on the meta device."""
+"""Parameter and token counts of a configuration, on the meta device (``finecaption info PRESET``)."""
 
 from __future__ import annotations
-
-import argparse
-import json
 
 from .parts import component_of, component_prefixes
 
@@ -29,18 +26,3 @@ def describe(config) -> dict:
         "fast_image_size": config.fast_image_size,
         "params": per_component,
     }
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .configuration_finecaption import FineCaptionConfig
-
-    print(json.dumps(describe(FineCaptionConfig.from_preset(args.preset)), indent=2))
-    return 0
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    from .configuration_finecaption import PRESETS
-
-    parser = subparsers.add_parser("info", help="parameter and image-token counts of a preset (JSON)")
-    parser.add_argument("preset", choices=sorted(PRESETS))
-    parser.set_defaults(func=_run)

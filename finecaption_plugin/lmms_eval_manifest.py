@@ -25,7 +25,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .cli import tasks_dir
+from .tasks import tasks_dir
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ its adapter, merged into the weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -59,21 +58,3 @@ def merge_lora(model_path: str | Path, model_base: str | Path | None, save_model
     processor.save_pretrained(save_model_path)
     logger.info("merged %s into %s", model_path, save_model_path)
     return Path(save_model_path)
-
-
-def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(merge_lora(args.model_path, args.model_base, args.save_model_path))
-    return 0
-
-
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "merge", help="merge a LoRA training run into a plain FineCaption checkpoint"
-    )
-    parser.add_argument(
-        "--model-path", required=True, help="the LoRA run (or one of its checkpoint-N folders)"
-    )
-    parser.add_argument("--model-base", help="base checkpoint (default: the one the run was trained from)")
-    parser.add_argument("--save-model-path", required=True, help="output folder")
-    parser.set_defaults(func=_run)

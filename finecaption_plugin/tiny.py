@@ -7,7 +7,6 @@ with the `llama3` chat template. Nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,17 +98,3 @@ def create_tiny_checkpoint(
     )
     processor.save_pretrained(path)
     return path
-
-
-def _run(args: argparse.Namespace) -> int:
-    print(create_tiny_checkpoint(args.directory, seed=args.seed))
-    return 0
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "create-tiny", help="write a tiny random FineCaption checkpoint (same architecture, toy widths)"
-    )
-    parser.add_argument("directory", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.set_defaults(func=_run)

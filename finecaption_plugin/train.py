@@ -14,7 +14,6 @@ A run restarted with the same ``--output_dir`` resumes from its last complete ch
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -228,22 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     train(model_args, data_args, training_args)
     return 0
-
-
-def _run(namespace: argparse.Namespace) -> int:
-    return main(namespace.args)
-
-
-def add_command(subparsers) -> None:
-    # Every flag goes to HfArgumentParser; "+" as prefix keeps argparse from reading "--flags" itself.
-    parser = subparsers.add_parser(
-        "train",
-        help="fine-tune FineCaption (LLaVA train.py flags + TrainingArguments; --help for all)",
-        add_help=False,
-        prefix_chars="+",
-    )
-    parser.add_argument("args", nargs=argparse.REMAINDER)
-    parser.set_defaults(func=_run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ style's phrase from ``REGION_PHRASES`` (or the phrase is appended when the promp
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -229,14 +228,7 @@ def write_demo(out_dir: str | Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write one example image per visual prompt style.")
-    parser.add_argument("--demo", metavar="OUTDIR", required=True, help="folder for the example PNGs")
-    args = parser.parse_args(argv)
-    for path in write_demo(args.demo):
-        print(path)
-    return 0
+if __name__ == "__main__":  # ``python -m finecaption_plugin.visual_prompts --demo OUTDIR``: the CLI's flags
+    from finecaption_plugin.cli import visual_prompts_demo
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(visual_prompts_demo())

@@ -1,4 +1,4 @@
-"""``finecaption score FILE``: caption metrics of a JSONL of predictions, printed and saved as JSON.
+"""Caption metrics of a JSONL of predictions, printed and saved as JSON (``finecaption score FILE``).
 
 Each line is either ``{"prediction": str, "references": [str, ...], "group"?: label}`` or a record of
 an lmms-eval samples log (``*_samples_<task>.jsonl``), whose prediction is ``filtered_resps`` and
@@ -10,13 +10,13 @@ merges into each record.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -26,49 +26,59 @@ class ScoreFileError(ValueError):
     """A line of the input file that cannot be read as a scored sample."""
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "score",
-        help="score captions (BLEU, METEOR, ROUGE-L, CIDEr, BERTScore) of a JSONL or lmms-eval samples log",
-        description=__doc__.splitlines()[0],
-    )
-    parser.add_argument("file", type=Path, help="JSONL of prediction/references[/group] or lmms-eval samples")
-    parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: FILE with .scores.json)")
-    parser.add_argument("--metrics", nargs="+", help="subset of BLEU METEOR ROUGE-L CIDEr BERTScore")
-    parser.add_argument("--group-field", default="group", help="record field giving the group (default: group)")
-    parser.add_argument("--bertscore-model", help="hub name in the local cache or folder (default: offline MiniLM)")
-    parser.add_argument("--bertscore-layer", type=int, help="layer for BERTScore (default: the model's usual one)")
-    parser.add_argument("--device", help="device for BERTScore (default: cuda if available)")
-    parser.set_defaults(func=run)
+def score_file(
+    path: Path,
+    output: Path | None = None,
+    metrics: Sequence[str] | None = None,
+    group_field: str = "group",
+    bertscore_model: str | None = None,
+    bertscore_layer: int | None = None,
+    device: str | None = None,
+) -> int:
+    """Score the samples of ``path``, print the table, write the JSON (default: ``FILE.scores.json``).
 
-
-def run(args: argparse.Namespace) -> int:
+    Returns the exit status: 0, or 2 after printing the error (naming the file and line) to stderr.
+    """
     from .java import JavaNotFoundError
     from .scores import CaptionInputError, caption_scores
 
-    output = args.output or args.file.with_name(args.file.name.removesuffix(".jsonl") + ".scores.json")
+    path = Path(path)
+    output = Path(output) if output else path.with_name(path.name.removesuffix(".jsonl") + ".scores.json")
     try:
-        line_numbers, predictions, references, groups = read_samples(args.file, args.group_field)
+        line_numbers, predictions, references, groups = read_samples(path, group_field)
         result = caption_scores(
             predictions,
             references,
-            metrics=args.metrics,
+            metrics=metrics,
             groups=groups,
-            bertscore_model=args.bertscore_model,
-            bertscore_layer=args.bertscore_layer,
-            device=args.device,
+            bertscore_model=bertscore_model,
+            bertscore_layer=bertscore_layer,
+            device=device,
         )
     except CaptionInputError as error:
         where = f" line {line_numbers[error.record]}," if error.record is not None else ""
-        print(f"finecaption score: {args.file}:{where} {error}", file=sys.stderr)
+        print(f"finecaption score: {path}:{where} {error}", file=sys.stderr)
         return 2
     except (OSError, ValueError, JavaNotFoundError) as error:
-        print(f"finecaption score: {args.file}: {error}", file=sys.stderr)
+        print(f"finecaption score: {path}: {error}", file=sys.stderr)
         return 2
     write_json(result, output)
     print(format_table(result))
     print(f"wrote {output}")
     return 0
+
+
+def run(args) -> int:
+    """``score_file`` with the flags of ``finecaption score`` (a parsed namespace); kept for old callers."""
+    return score_file(
+        args.file,
+        output=args.output,
+        metrics=args.metrics,
+        group_field=args.group_field,
+        bertscore_model=args.bertscore_model,
+        bertscore_layer=args.bertscore_layer,
+        device=args.device,
+    )
 
 
 def read_samples(
