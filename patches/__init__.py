@@ -1,0 +1,6 @@
+"""Host-framework shims, shipped as ``finecaption_plugin.patches``: one sub-package per framework we change.
+
+Each sub-package holds one small module per fix, its reason in the module's docstring, and a README table
+(problem, fix, where, test). ``lmms_eval``: applied by the ``lmms_eval.models`` entry point
+(``finecaption_plugin.lmms_eval_manifest``). Nothing in a host framework's files is edited.
+"""
