@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 NON_LORA_FILE = "non_lora_trainables.bin"
-ADAPTER_CONFIG = "adapter_config.json"
 LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 # llm_int8_skip_modules replaces bitsandbytes' default list, so lm_head is in it too (see parts.COMPONENTS).
 QUANT_SKIP_MODULES = quant_skip_modules()
@@ -126,7 +125,9 @@ def saved_modules(folder: str | Path) -> list[str]:
     """The ``modules_to_save`` recorded in the adapter of a LoRA run or checkpoint (empty: saved before them)."""
     import json
 
-    config = Path(folder) / ADAPTER_CONFIG
+    from peft.utils import CONFIG_NAME  # adapter_config.json
+
+    config = Path(folder) / CONFIG_NAME
     return list(json.loads(config.read_text()).get("modules_to_save") or []) if config.is_file() else []
 
 

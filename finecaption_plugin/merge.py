@@ -1,8 +1,9 @@
 """Loading training runs, and ``finecaption merge``: a LoRA run folded into a plain checkpoint.
 
 ``finecaption merge --model-path RUN --model-base BASE --save-model-path OUT`` takes LLaVA's
-``scripts/merge_lora_weights.py`` flags: the base model, then the run's ``non_lora_trainables.bin``, then
-its adapter, merged into the weights.
+``scripts/merge_lora_weights.py`` flags: the base model, then the run's adapter (its LoRA layers and, as peft's
+``modules_to_save``, the fully trained parts), merged into the weights by peft. A run saved before
+``modules_to_save`` gets its fully trained parts from ``non_lora_trainables.bin`` first, as LLaVA's loader does.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ def load_pretrained(model_path: str | Path, model_base: str | Path | None = None
     """A checkpoint or a training run (full or LoRA) -> ``(model, processor)``.
 
     A LoRA run (a folder with ``adapter_config.json``) is loaded on ``model_base`` (default: the base it
-    was trained from) with its ``non_lora_trainables.bin``, as a peft ``PeftModel``.
+    was trained from) as a peft ``PeftModel``: the adapter holds the LoRA weights and, as ``modules_to_save``,
+    the fully trained parts. A run saved before ``modules_to_save`` has those only in its
+    ``non_lora_trainables.bin``, which is then loaded into the base first (as LLaVA's loader does).
     """
     from peft import PeftModel
     from transformers import AutoProcessor
 
     from finecaption_plugin import FineCaptionForConditionalGeneration
-    from finecaption_plugin.lora import NON_LORA_FILE, load_non_lora_trainables
+    from finecaption_plugin.lora import NON_LORA_FILE, load_non_lora_trainables, saved_modules
 
     model_path = Path(model_path)
     adapter_config = model_path / ADAPTER_CONFIG
@@ -41,7 +44,7 @@ def load_pretrained(model_path: str | Path, model_base: str | Path | None = None
     if not base:
         raise ValueError(f"{model_path} is a LoRA run without a recorded base model: pass --model-base")
     model = FineCaptionForConditionalGeneration.from_pretrained(base, dtype=dtype)
-    if (model_path / NON_LORA_FILE).is_file():
+    if not saved_modules(model_path) and (model_path / NON_LORA_FILE).is_file():
         load_non_lora_trainables(model, model_path / NON_LORA_FILE)
     model = PeftModel.from_pretrained(model, model_path)
     return model, AutoProcessor.from_pretrained(_processor_folder(model_path, base))

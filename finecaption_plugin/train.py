@@ -8,7 +8,8 @@ Launch it as LLaVA's script is launched, with only the entry point changed::
     finecaption train ...
 
 A LoRA run writes, in every ``checkpoint-N`` and in ``--output_dir``, the adapter, ``config.json`` and
-``non_lora_trainables.bin`` (LLaVA's layout); ``finecaption merge`` folds them into a plain checkpoint.
+``non_lora_trainables.bin`` (LLaVA's layout); the adapter holds the fully trained parts too, as peft's
+``modules_to_save``, and ``finecaption merge`` folds it into a plain checkpoint.
 A run restarted with the same ``--output_dir`` resumes from its last complete checkpoint.
 """
 
@@ -157,6 +158,7 @@ def train(model_args, data_args, training_args):
         NON_LORA_FILE,
         add_lora,
         load_non_lora_trainables,
+        saved_modules,
         set_trainable,
         trained_parts,
     )
@@ -187,8 +189,14 @@ def train(model_args, data_args, training_args):
     if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
         # Non-reentrant checkpointing needs no input gradients through the frozen embeddings.
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    resume = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
+    # A LoRA checkpoint saved before modules_to_save holds the fully trained parts only in LLaVA's file (its
+    # adapter has the LoRA layers alone, which peft cannot load beside modules_to_save): such a run goes on in
+    # its own layout, the parts trained in place and restored from that file.
+    old_layout = training_args.lora_enable and resume is not None and not saved_modules(resume)
     if training_args.lora_enable:
-        model = add_lora(model, training_args)
+        # The fully trained parts as peft's modules_to_save: saved in the adapter, restored with it on resume.
+        model = add_lora(model, training_args, set() if old_layout else parts)
     counts = set_trainable(model, parts, upcast=not training_args.deepspeed)
     logger.info("trained parameters per part: %s", {k: v for k, v in counts.items() if v})
 
@@ -204,11 +212,9 @@ def train(model_args, data_args, training_args):
         processing_class=processor,
     )
 
-    resume = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
     if resume is not None:
-        logger.info("resuming from %s", resume)
-        if training_args.lora_enable and not training_args.deepspeed:
-            # The Trainer restores the adapter only; the fully trained parts come from LLaVA's file.
+        logger.info("resuming from %s%s", resume, " (saved before modules_to_save)" if old_layout else "")
+        if old_layout and not training_args.deepspeed:
             # (DeepSpeed's own checkpoint holds every trained weight, partitioned, and restores them.)
             load_non_lora_trainables(model, Path(resume) / NON_LORA_FILE)
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)

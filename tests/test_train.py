@@ -126,7 +126,10 @@ def test_lora_loss_falls(lora_run):
     assert frozen["base_model.model.model.language_model.layers.0.self_attn.q_proj.base_layer.weight"].dtype == (
         torch.bfloat16
     )
-    assert frozen["base_model.model.model.vision_tower.fast_mask_embed.weight"].dtype == torch.float32
+    # (the mask branch trains as peft's modules_to_save: a trained copy beside the frozen original)
+    assert frozen["base_model.model.model.vision_tower.fast_mask_embed.modules_to_save.default.weight"].dtype == (
+        torch.float32
+    )
     _assert_loss_falls(lora_run)
 
 
@@ -147,8 +150,10 @@ def test_lora_targets_only_the_language_model(lora_run):
 
 
 def test_projector_learns_at_mm_projector_lr(lora_run):
-    projector = {
-        id(param) for name, param in lora_run.model.named_parameters() if "multi_modal_projector" in name
+    projector = {  # peft's trained copy of the projector (its frozen original is in no param group)
+        id(param)
+        for name, param in lora_run.model.named_parameters()
+        if "multi_modal_projector" in name and param.requires_grad
     }
     rates = {}
     for group in lora_run.optimizer.param_groups:
@@ -220,7 +225,9 @@ def test_qlora_loss_falls_on_4bit_language_model(qlora_run):
     assert q_proj.base_layer.weight.quant_type == "nf4"
     for name in (
         "model.vision_tower.fast_tower.encoder.layers.0.self_attn.q_proj",
-        "model.multi_modal_projector.linear_1",
+        # the projector trains as peft's modules_to_save: its trained copy and frozen original
+        "model.multi_modal_projector.modules_to_save.default.linear_1",
+        "model.multi_modal_projector.original_module.linear_1",
         "lm_head",
     ):
         assert type(modules["base_model.model." + name]) is torch.nn.Linear, name
@@ -342,6 +349,38 @@ def test_killed_run_resumes_to_the_same_result(tiny_checkpoint, dataset, tmp_pat
     for name, value in adapters[1].items():
         if "lora_" in name:
             torch.testing.assert_close(adapters[0][name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_resume_from_a_checkpoint_saved_before_modules_to_save(tiny_checkpoint, dataset, tmp_path):
+    """A checkpoint whose adapter holds the LoRA layers only (the layout before modules_to_save) resumes with its
+    fully trained parts taken from non_lora_trainables.bin."""
+    from safetensors.torch import load_file, save_file
+
+    output = tmp_path / "run"
+    flags = run_args(tiny_checkpoint, dataset, output, "--max_steps", "1", "--save_steps", "1")
+    train(*parse_args(flags))
+    checkpoint = output / "checkpoint-1"
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    assert config["modules_to_save"]
+    config["modules_to_save"] = None
+    (checkpoint / "adapter_config.json").write_text(json.dumps(config))
+    adapter = load_file(checkpoint / "adapter_model.safetensors")
+    lora_only = {key: value for key, value in adapter.items() if "lora_" in key}
+    assert len(lora_only) < len(adapter)
+    save_file(lora_only, checkpoint / "adapter_model.safetensors", metadata={"format": "pt"})
+    trained = torch.load(checkpoint / "non_lora_trainables.bin", weights_only=True)
+    assert trained["base_model.model.model.vision_tower.fast_mask_embed.weight"].abs().sum() > 0
+
+    resumed = train(*parse_args(flags))  # nothing left to train: the model is the checkpoint's
+    assert resumed.state.global_step == 1
+    assert not resumed.model.peft_config["default"].modules_to_save  # the run goes on in its own layout
+    exported = torch.load(output / "non_lora_trainables.bin", weights_only=True)
+    assert set(exported) == set(trained)
+    for key, value in trained.items():
+        torch.testing.assert_close(exported[key], value, rtol=0, atol=0, msg=key)
+    weights = dict(resumed.model.named_parameters())
+    for key, value in lora_only.items():
+        torch.testing.assert_close(weights[key.replace(".weight", ".default.weight")], value, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("script", ["finetune_qlora.sh", "finetune_lora.sh", "finetune_stages.sh"])
