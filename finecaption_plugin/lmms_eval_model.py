@@ -12,12 +12,22 @@ Model args (``--model_args key=value,...``): ``pretrained`` (local checkpoint fo
 ``on_error`` (``skip``: a failing batch is retried one request at a time and a request that still
 fails is answered ``""`` and logged, so one bad visual or an out-of-memory batch costs only that
 answer; ``raise``: the first error ends the run).
+``share_regions`` (default True): the requests of one image are batched together and answered through
+``region_captioning.RegionCaptioner``: the image's slow path runs once, each (image, mask) pair's fast
+path and prompt prefix once, and its questions are decoded together from copies of the prefix's KV cache
+(greedy answers equal the plain path's). The image is recognised by the hash of its RGB pixels and the
+region by the mask in its alpha; visuals are loaded twice (once to group, once to answer). False: the
+plain path.
 ``--batch_size N`` batches requests with equal generation settings (left padding); results come
-back in request order. Under ``torchrun``/``accelerate launch`` each process takes its share.
+back in request order. With ``share_regions`` a batch holds whole images: images are added while it
+holds at most N requests, and an image with more requests is a batch of its own.
+Under ``torchrun``/``accelerate launch`` each process takes its share.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,11 +72,13 @@ class FineCaption(lmms):
         system_prompt: str | None = None,
         use_cache: bool = True,
         on_error: str = "skip",
+        share_regions: bool = True,
     ) -> None:
         super().__init__()
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from .lora import quantization_config
+        from .region_captioning import RegionWork
 
         if not Path(pretrained).is_dir():
             raise ValueError(f"pretrained={pretrained!r} is not a folder: give a local checkpoint folder")
@@ -109,6 +121,8 @@ class FineCaption(lmms):
         self.system_prompt = self._resolve_system_prompt(system_prompt)
         self.use_cache = bool(use_cache)
         self.on_error = on_error
+        self.share_regions = bool(share_regions)
+        self._region_work = RegionWork()
         logger.info(
             "FineCaption from %s on %s (rank %d of %d)",
             pretrained,
@@ -208,27 +222,93 @@ class FineCaption(lmms):
     def _generate(self, requests: Sequence[tuple], gen_kwargs: dict) -> list[str]:
         """Answers to a batch of requests that share ``gen_kwargs``."""
         settings, until = self._generation_settings(gen_kwargs)
-        inputs = self._encode(*self._inputs(requests))
-        output = self.model.generate(**inputs, **settings)
-        answers = self.tokenizer.batch_decode(
-            output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-        )
+        texts, images, masks = self._inputs(requests)
+        one_image_each = len(images) == len(texts) and all(text.count(IMAGE_TOKEN) == 1 for text in texts)
+        if self.share_regions and one_image_each:
+            answers = self._generate_shared(texts, images, masks, settings)
+        else:
+            inputs = self._encode(texts, images, masks)
+            output = self.model.generate(**inputs, **settings)
+            answers = self.tokenizer.batch_decode(
+                output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
         return [_cut(answer, until).strip() for answer in answers]
+
+    def _generate_shared(self, texts: list[str], images: list[Image.Image], masks: list[Any], settings: dict):
+        """Answers (not yet cut) with the work shared between the requests' images, regions and prompt prefixes."""
+        from .region_captioning import RegionCaptioner, RegionRequest
+
+        captioner = RegionCaptioner(self.model, self.processor)
+        requests = [RegionRequest(*request) for request in zip(texts, images, masks, strict=True)]
+        tokens = captioner.generate(requests, **settings).tokens
+        self._region_work += captioner.last_work
+        return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+    def _image_key(self, args: tuple, position: int) -> Any:
+        """The content hash of a request's one image; a key of its own for a request without exactly one image,
+        or whose visual fails to load (the batch that holds it reports the error)."""
+        from .region_captioning import image_content_key
+
+        try:
+            _, visuals = self._request_messages(args)
+        except Exception:
+            return ("request", position)
+        if len(visuals) != 1 or not isinstance(visuals[0], Image.Image):
+            return ("request", position)
+        return image_content_key(visuals[0])
+
+    def _region_batches(self, arguments: Sequence[tuple]) -> tuple[list[list[tuple]], list[int]]:
+        """Batches for ``share_regions``, and the request index of each answer in batch order.
+
+        As the plain path, requests are grouped by generation settings and ordered longest prompt first; then
+        each image's requests are moved up to its first one, and batches take whole images while they hold at
+        most ``batch_size`` requests (an image with more requests is a batch of its own). With distinct images,
+        these are the plain path's batches.
+        """
+        index = self._gen_kwargs_index
+        keys = [self._image_key(args, position) for position, args in enumerate(arguments)]
+        groups: dict[str, list[int]] = {}
+        for position, args in enumerate(arguments):
+            groups.setdefault(json.dumps(args[index], sort_keys=True, default=str), []).append(position)
+        batches, order = [], []
+        for members in groups.values():
+            members.sort(key=lambda i: (-len(arguments[i][0]), arguments[i][-3]))
+            first = {}
+            for rank, position in enumerate(members):
+                first.setdefault(keys[position], rank)
+            members.sort(key=lambda i: first[keys[i]])  # stable: longest prompt first within an image
+            batch: list[int] = []
+            for _, image_members in itertools.groupby(members, key=lambda i: keys[i]):
+                image_members = list(image_members)
+                if batch and len(batch) + len(image_members) > self.batch_size:
+                    batches.append(batch)
+                    batch = []
+                batch.extend(image_members)
+            if batch:
+                batches.append(batch)
+        for batch in batches:
+            order.extend(batch)
+        return [[arguments[i] for i in batch] for batch in batches], order
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         arguments = [request.args for request in requests]
         index = self._gen_kwargs_index
-        # Longest prompts first (one padding length per batch), batches share generation settings.
-        collator = utils.Collator(
-            arguments,
-            lambda args: (-len(args[0]), args[-3]),
-            group_fn=lambda args: args[index],
-            grouping=True,
-        )
+        if self.share_regions:
+            self._region_work = type(self._region_work)()
+            batches, order = self._region_batches(arguments)
+        else:
+            # Longest prompts first (one padding length per batch), batches share generation settings.
+            collator = utils.Collator(
+                arguments,
+                lambda args: (-len(args[0]), args[-3]),
+                group_fn=lambda args: args[index],
+                grouping=True,
+            )
+            batches = collator.get_batched(n=self.batch_size)
         answers: list[str] = []
         failed = 0
         progress = tqdm(total=len(arguments), disable=self.rank != 0, desc="FineCaption responding")
-        for batch in collator.get_batched(n=self.batch_size):
+        for batch in batches:
             batch_answers = self._generate_or_skip(batch, batch[0][index])
             for args, answer in zip(batch, batch_answers, strict=True):
                 if answer is None:
@@ -240,7 +320,13 @@ class FineCaption(lmms):
         progress.close()
         if failed:
             logger.warning("finecaption: %d of %d requests failed and were answered with ''", failed, len(arguments))
-        return collator.get_original(answers)
+        if not self.share_regions:
+            return collator.get_original(answers)
+        logger.info("finecaption share_regions: %s", self._region_work)
+        restored: list[str] = [""] * len(arguments)
+        for position, answer in zip(order, answers, strict=True):
+            restored[position] = answer
+        return restored
 
     def _generate_or_skip(self, batch: Sequence[tuple], gen_kwargs: dict) -> list[str | None]:
         """Answers to ``batch``; with ``on_error=skip`` a failing batch is retried one request at a

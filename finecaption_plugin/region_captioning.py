@@ -233,7 +233,7 @@ class RegionCaptioner:
         for index, request in enumerate(requests):
             key = image_keys.get(id(request.image))
             if key is None:
-                key = image_keys[id(request.image)] = _image_key(request.image)
+                key = image_keys[id(request.image)] = image_content_key(request.image)
             by_image.setdefault(key, []).append(index)
         chunks: list[list[int]] = []
         limit = self.batch_size or len(requests)
@@ -283,7 +283,7 @@ class RegionCaptioner:
         for index, (request, ids) in enumerate(zip(requests, tokens, strict=True)):
             image_key = image_keys.get(id(request.image))
             if image_key is None:
-                image_key = image_keys[id(request.image)] = _image_key(request.image)
+                image_key = image_keys[id(request.image)] = image_content_key(request.image)
             if image_key not in pixels:
                 pixels[image_key] = image_processor.preprocess_image(request.image)
             mask_key, loaded = _mask_key(request.mask, request.image, index)
@@ -375,7 +375,7 @@ def caption_regions(model, processor, image, masks, prompts, share: bool = True,
     return captioner.caption(image, masks, prompts, **generate_kwargs)
 
 
-def _image_key(image: Image.Image) -> str:
+def image_content_key(image: Image.Image) -> str:
     """Content hash of an image's RGB pixels (the model never sees alpha: it carries the mask in lmms-eval)."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     digest = hashlib.blake2b(rgb.tobytes(), digest_size=16)
@@ -437,4 +437,4 @@ def _first_logits(output) -> torch.Tensor | None:
     return None if logits is None else logits[0].float().cpu()
 
 
-__all__ = ["RegionCaptioner", "RegionGeneration", "RegionRequest", "RegionWork", "caption_regions"]
+__all__ = ["RegionCaptioner", "RegionGeneration", "RegionRequest", "RegionWork", "caption_regions", "image_content_key"]

@@ -237,3 +237,100 @@ def test_load_in_4bit_quantises_the_language_model_only(tiny_checkpoint: Path):
     assert not isinstance(modules["lm_head"], Linear4bit)
     answers = model.generate_until(_simple_requests(GREEDY))
     assert len(answers) == 5 and all(isinstance(answer, str) for answer in answers)
+
+
+# -- share_regions: requests of one image answered with shared vision and prefill work --------------------------
+
+
+def _region_docs() -> list[dict]:
+    """Eleven documents on two images: 2 regions per image (one of them the whole image), 2-3 questions each."""
+    docs = []
+    for index in range(2):
+        image = Image.fromarray(np.random.default_rng(10 + index).integers(0, 256, (70, 90 + 10 * index, 3), np.uint8))
+        mask = np.zeros((image.height, image.width), bool)
+        mask[5 + index : 40, 10:50 + index] = True
+        for region, questions in ((mask, PROMPTS[:3]), (None, PROMPTS[3 : 5 - index] + PROMPTS[:1])):
+            docs.extend({"prompt": question, "image": image, "mask": region} for question in questions)
+    return docs
+
+
+def _region_requests(docs: list[dict], gen_kwargs: dict) -> list[Instance]:
+    return [
+        Instance(
+            "generate_until",
+            (doc["prompt"], dict(gen_kwargs), _visual, index, "r", "test"),
+            0,
+            {"task": "r", "doc_id": index, "repeats": 1},
+        )
+        for index, doc in enumerate(docs)
+    ]
+
+
+@pytest.fixture(scope="module")
+def regions(tiny_checkpoint: Path) -> FineCaption:
+    """A FineCaption whose mask branch and adapters are open (random), so the region changes the answer."""
+    model = FineCaption(pretrained=str(tiny_checkpoint), dtype="float32", batch_size="4")
+    generator = torch.Generator().manual_seed(0)
+    tower = model.model.model.vision_tower
+    weights = [tower.fast_mask_embed.weight]
+    weights += [w for adapter in tower.adapters for w in (adapter.slow_proj.weight, adapter.fast_proj.weight)]
+    with torch.no_grad():
+        for weight in weights:
+            weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+    model.task_dict = {"r": {"test": _region_docs()}}
+    return model
+
+
+def test_share_regions_answers_as_the_plain_path_with_whole_images_per_batch(
+    regions: FineCaption, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    docs = _region_docs()
+    assert regions.share_regions  # the default
+    batches = []
+    generate = regions._generate
+    monkeypatch.setattr(
+        regions, "_generate", lambda batch, kw: batches.append([a[3] for a in batch]) or generate(batch, kw)
+    )
+    caplog.set_level("INFO", logger="finecaption_plugin.lmms_eval_model")
+    shared = regions.generate_until(_region_requests(docs, GREEDY))
+    # Image 0 has docs 0-5, image 1 docs 6-10: batch_size 4 still keeps each image whole.
+    assert sorted(sorted(batch) for batch in batches) == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    assert "11 requests: 2 slow-path images, 4 regions, 4 prefixes encoded" in caplog.text
+    monkeypatch.setattr(regions, "share_regions", False)
+    plain = regions.generate_until(_region_requests(docs, GREEDY))
+    assert shared == plain
+    # The region matters: same image and question, other region, other answer; and one by one equals batched.
+    assert shared[0] != shared[5] and docs[0]["prompt"] == docs[5]["prompt"]
+    monkeypatch.setattr(regions, "batch_size_per_gpu", 1)
+    assert [regions.generate_until(_region_requests(docs, GREEDY)[i : i + 1])[0] for i in (0, 7)] == [
+        shared[0],
+        shared[7],
+    ]
+
+
+def test_share_regions_chat_requests_and_settings_groups(regions: FineCaption, tiny_checkpoint: Path):
+    docs = _region_docs()
+    chat = FineCaptionChat(pretrained=str(tiny_checkpoint), dtype="float32", batch_size="2")
+    chat._model = regions.model
+    chat.task_dict = {"r": {"test": docs}}
+    metadata = {"task": "r", "doc_id": 0, "repeats": 1}
+    requests = [
+        Instance("generate_until", (doc["prompt"], _messages, dict(GREEDY), i, "r", "test"), 0, metadata)
+        for i, doc in enumerate(docs)
+    ]
+    for request in requests[1::3]:
+        request.arguments[2]["max_new_tokens"] = 3
+    answers = chat.generate_until(requests)
+    chat.share_regions = False
+    assert answers == chat.generate_until(requests)
+    assert answers[:1] == regions.generate_until(_region_requests(docs, GREEDY)[:1])
+
+
+def test_share_regions_keeps_on_error_skip(regions: FineCaption, caplog: pytest.LogCaptureFixture):
+    docs = _region_docs()
+    expected = regions.generate_until(_region_requests(docs, GREEDY))
+    requests = _region_requests(docs, GREEDY)
+    _with_visual(requests[2], _broken_visual)
+    answers = regions.generate_until(requests)
+    assert answers == [*expected[:2], "", *expected[3:]]
+    assert "task 'r' doc 2 failed" in caplog.text and "1 of 11 requests failed" in caplog.text
