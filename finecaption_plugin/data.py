@@ -22,7 +22,6 @@ the run before training starts; images and masks are decoded lazily. Every error
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from . import records
 from .conversation import (
     IGNORE_INDEX,
     IMAGE_TOKEN,
@@ -60,31 +60,14 @@ def record_name(index: int, record: Any) -> str:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The records of a ``.json`` list or a ``.jsonl`` file (one object a line)."""
+    """The records of a ``.json`` list or a ``.jsonl`` file (one object a line), read by ``records.read_records``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--data_path {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for line_number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {line_number}: bad JSON: {err}") from None
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: bad JSON: {err}") from None
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError(f"{record_name(index, record)}: expected an object, got {type(record).__name__}")
-    return records
+    try:
+        return [record for _, record in records.read_records(path)]
+    except records.CompositionCapError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -115,8 +98,8 @@ def _visual_prompt(name: str, record: dict) -> str:
 def _compositioncap_samples(index: int, record: dict, template: ConversationTemplate) -> list[Sample]:
     name = record_name(index, record)
     captions = record.get("captions")
-    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
-        raise DataError(f"{name}: field 'captions': expected a non-empty list of strings")
+    if not records.are_captions(captions):
+        raise DataError(f"{name}: field 'captions': expected a non-empty list of non-empty strings")
     try:
         prompt = task_prompt(record.get("task"), record.get("attribute"))
     except ValueError as err:
@@ -216,8 +199,7 @@ class SupervisedDataset(Dataset):
 
     def load_image(self, sample: Sample) -> tuple[Image.Image, np.ndarray | None]:
         try:
-            with Image.open(_resolve(sample.image, self.root)) as image:
-                image = image.convert("RGB")
+            image = records.open_image(_resolve(sample.image, self.root))
         except (OSError, Image.DecompressionBombError) as err:
             raise DataError(f"{sample.name}: field 'image': cannot read {sample.image}: {err}") from None
         if sample.mask is None:

@@ -99,9 +99,11 @@ def test_a_truncated_image_is_named_although_lmms_eval_loads_truncated_images(
 
 def test_each_mask_is_decoded_once_per_record(root: Path, monkeypatch: pytest.MonkeyPatch):
     calls = []
-    load_mask = compositioncap.load_mask
-    monkeypatch.setattr(compositioncap, "load_mask", lambda *a, **k: calls.append(a[0]) or load_mask(*a, **k))
-    compositioncap._cached_mask.cache_clear()
+    import finecaption_plugin.compositioncap_data as data
+
+    load_mask = data.load_mask
+    monkeypatch.setattr(data, "load_mask", lambda *a, **k: calls.append(a[0]) or load_mask(*a, **k))
+    data._cached_mask.cache_clear()
     docs = select_docs(_dataset(_records(root)), "rdc")  # 6 records, 6 regions
     assert len(calls) == 6
     for doc in docs:

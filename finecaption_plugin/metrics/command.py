@@ -85,31 +85,28 @@ def read_samples(
     path: Path, group_field: str = "group"
 ) -> tuple[list[int], list[str], list[list[str]], list[str] | None]:
     """Line numbers, predictions, references and groups (None when no record has one) of a JSONL."""
+    from ..records import CompositionCapError, read_records
+
     line_numbers, predictions, references, groups = [], [], [], []
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ScoreFileError(f"line {line_number}: not JSON ({error})") from None
-            if not isinstance(record, dict):
-                raise ScoreFileError(f"line {line_number}: expected a JSON object, got {type(record).__name__}")
-            if "prediction" in record:
-                prediction, refs = record["prediction"], record.get("references")
-                if isinstance(refs, str):
-                    refs = [refs]
-            elif "filtered_resps" in record:
-                prediction, refs = _first_text(record["filtered_resps"]), _lmms_eval_references(record.get("target"))
-            else:
-                raise ScoreFileError(
-                    f"line {line_number}: neither 'prediction' nor lmms-eval's 'filtered_resps' is present"
-                )
-            line_numbers.append(line_number)
-            predictions.append(prediction)
-            references.append(refs)
-            groups.append(_group(record, group_field))
+    try:
+        numbered = read_records(path)
+    except CompositionCapError as error:
+        raise ScoreFileError(str(error)) from None
+    for line_number, record in numbered:
+        if "prediction" in record:
+            prediction, refs = record["prediction"], record.get("references")
+            if isinstance(refs, str):
+                refs = [refs]
+        elif "filtered_resps" in record:
+            prediction, refs = _first_text(record["filtered_resps"]), _lmms_eval_references(record.get("target"))
+        else:
+            raise ScoreFileError(
+                f"line {line_number}: neither 'prediction' nor lmms-eval's 'filtered_resps' is present"
+            )
+        line_numbers.append(line_number)
+        predictions.append(prediction)
+        references.append(refs)
+        groups.append(_group(record, group_field))
     if not predictions:
         raise ScoreFileError("no records")
     if all(group is None for group in groups):

@@ -12,6 +12,7 @@ from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 from pycocoevalcap.rouge.rouge import Rouge
 
+from ..records import is_caption
 from .bertscore import bert_f1, resolve_setting
 from .meteor import MeteorProcess
 from .tokenizer import ptb_tokenize
@@ -130,7 +131,7 @@ def _check_inputs(
             )
         for position, reference in enumerate(refs):
             _check_text(reference, index, f"references[{position}]")
-            if not reference.strip():
+            if not is_caption(reference):
                 raise CaptionInputError(f"field 'references[{position}]': empty reference", index)
 
 

@@ -1,0 +1,175 @@
+"""The CompositionCap record: its fields, what makes a caption, mask and image valid, reading and converting files.
+
+One flat record per line of ``compositioncap_test.jsonl`` (evaluation) or of a training file::
+
+    {"id": "e12_color",           # unique in the file
+     "image": "images/0001.jpg",  # relative to the data folder
+     "height": 768, "width": 1024,
+     "mask": "H4sIAAAA...",       # any form of masks.load_mask; CompositionCap's base64(gzip(uint8 H*W)); null: global
+     "task": "aarc",              # "aarc" | "rdc" | "global"
+     "attribute": "color",        # "aarc" only
+     "captions": ["The car is a deep red ..."]}
+
+The rules, used by evaluation (``compositioncap_data``), training (``data``) and ``finecaption score``
+(``metrics``) alike: a caption is a string that is not empty after ``strip()`` (``is_caption``); a mask decodes
+to the image's size and is not empty (``masks.load_mask``); an image decodes in full (``image_size``).
+``read_records`` reads a JSONL or JSON file with line numbers; ``open_image`` opens an image as RGB;
+``flatten_image``/``convert_nested`` turn the per-image nested form into flat records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageFile
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FIELDS: tuple[str, ...] = ("id", "image", "height", "width", "task", "captions")
+
+
+class CompositionCapError(ValueError):
+    """A file of records, or one of its records, is unusable (the message names the line or record and field)."""
+
+
+def where(index: int, record: Any) -> str:
+    """How errors name a record: its position (from 0) and id."""
+    record_id = record.get("id") if isinstance(record, Mapping) else None
+    return f"record {index} ('id' {record_id!r})"
+
+
+def is_caption(text: object) -> bool:
+    """The one rule for a caption (reference or training target): a string not empty after ``strip()``."""
+    return isinstance(text, str) and bool(text.strip())
+
+
+def are_captions(captions: object) -> bool:
+    """A non-empty list of captions (``is_caption`` each)."""
+    return isinstance(captions, list) and bool(captions) and all(is_caption(c) for c in captions)
+
+
+def read_records(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, record)`` of each object of a JSONL file (blank lines skipped) or a JSON list (``.json``).
+
+    A JSON list's records carry the line each starts on. Raises ``CompositionCapError`` naming the line for
+    text that is not JSON or a value that is not an object; ``OSError`` when the file cannot be read.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" or (path.suffix != ".jsonl" and text.lstrip().startswith("[")):
+        return _read_json_list(text)
+    records = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CompositionCapError(f"line {line_number}: not JSON ({error})") from None
+        if not isinstance(record, dict):
+            raise CompositionCapError(f"line {line_number}: expected a JSON object, got {type(record).__name__}")
+        records.append((line_number, record))
+    return records
+
+
+def _read_json_list(text: str) -> list[tuple[int, dict]]:
+    decoder = json.JSONDecoder()
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CompositionCapError(f"line {error.lineno}: not JSON ({error})") from None
+    if not isinstance(values, list):
+        raise CompositionCapError(f"expected a JSON list of records, got {type(values).__name__}")
+    # Line of each element: decode them one by one from the text (values are already known to be valid).
+    records, position = [], text.index("[") + 1
+    for value in values:
+        while text[position] in " \t\r\n,":
+            position += 1
+        line_number = text.count("\n", 0, position) + 1
+        _, position = decoder.raw_decode(text, position)
+        if not isinstance(value, dict):
+            raise CompositionCapError(f"line {line_number}: expected a JSON object, got {type(value).__name__}")
+        records.append((line_number, value))
+    return records
+
+
+@contextmanager
+def strict_image_loading() -> Iterator[None]:
+    """Truncated images raise meanwhile (lmms-eval sets ``LOAD_TRUNCATED_IMAGES`` process-wide, which would
+    grey-fill a cut-off file silently)."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """The rule for a valid image: ``(width, height)`` of the file, decoded in full (truncated or corrupt raises)."""
+    with strict_image_loading(), Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The image at ``path`` as RGB (loaded, the file closed)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+# -- the per-image nested form ------------------------------------------------------------------------
+
+
+def flatten_image(index: int, image: Mapping[str, Any]) -> list[dict]:
+    """The flat records of one per-image record of the nested form::
+
+        {"id"?: str, "image", "height", "width", "global_captions"?: [str],
+         "entities": [{"id", "mask", "dense_captions"?: [str], "attributes"?: {name: str | [str]}}]}
+
+    giving one "global" record, one "rdc" record per entity with dense captions and one "aarc"
+    record per entity attribute; ids are ``<image id>_<entity id>_<attribute>`` (``_dense``, ``_global``).
+    """
+    for field in ("image", "height", "width"):
+        if image.get(field) is None:
+            raise CompositionCapError(f"image record {index}: field {field!r}: missing")
+    image_id = image.get("id", Path(image["image"]).stem)
+    base = {"image": image["image"], "height": image["height"], "width": image["width"]}
+    records = []
+    for position, entity in enumerate(image.get("entities") or []):
+        if entity.get("id") is None or entity.get("mask") is None:
+            raise CompositionCapError(
+                f"image record {index} ('id' {image_id!r}): field 'entities[{position}]': needs 'id' and 'mask'"
+            )
+        region = {**base, "mask": entity["mask"]}
+        prefix = f"{image_id}_{entity['id']}"
+        if entity.get("dense_captions"):
+            records.append(
+                {"id": f"{prefix}_dense", **region, "task": "rdc", "attribute": None,
+                 "captions": list(entity["dense_captions"])}
+            )  # fmt: skip
+        for attribute, captions in (entity.get("attributes") or {}).items():
+            records.append(
+                {"id": f"{prefix}_{attribute}", **region, "task": "aarc", "attribute": attribute,
+                 "captions": [captions] if isinstance(captions, str) else list(captions)}
+            )  # fmt: skip
+    if image.get("global_captions"):
+        records.append(
+            {"id": f"{image_id}_global", **base, "mask": None, "task": "global", "attribute": None,
+             "captions": list(image["global_captions"])}
+        )  # fmt: skip
+    return records
+
+
+def convert_nested(source: str | Path, target: str | Path) -> int:
+    """Flatten a nested file (a JSON list or JSON lines of per-image records) into ``target`` (JSONL)."""
+    images = [image for _, image in read_records(source)]
+    records = [record for index, image in enumerate(images) for record in flatten_image(index, image)]
+    Path(target).write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    logger.info("wrote %d records of %d images to %s", len(records), len(images), target)
+    return len(records)
