@@ -82,17 +82,9 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .metrics.command import score_file
+    from .metrics.command import run
 
-    return score_file(
-        args.file,
-        output=args.output,
-        metrics=args.metrics,
-        group_field=args.group_field,
-        bertscore_model=args.bertscore_model,
-        bertscore_layer=args.bertscore_layer,
-        device=args.device,
-    )
+    return run(args)
 
 
 def _compositioncap_demo(args: argparse.Namespace) -> int:

@@ -71,9 +71,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise CompositionCapError(f"line {line_number}: not JSON ({error})") from None
-        if not isinstance(record, dict):
-            raise CompositionCapError(f"line {line_number}: expected a JSON object, got {type(record).__name__}")
-        records.append((line_number, record))
+        records.append((line_number, _object(line_number, record)))
     return records
 
 
@@ -92,10 +90,14 @@ def _read_json_list(text: str) -> list[tuple[int, dict]]:
             position += 1
         line_number = text.count("\n", 0, position) + 1
         _, position = decoder.raw_decode(text, position)
-        if not isinstance(value, dict):
-            raise CompositionCapError(f"line {line_number}: expected a JSON object, got {type(value).__name__}")
-        records.append((line_number, value))
+        records.append((line_number, _object(line_number, value)))
     return records
+
+
+def _object(line_number: int, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise CompositionCapError(f"line {line_number}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 @contextmanager
