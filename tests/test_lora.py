@@ -219,3 +219,27 @@ def test_zero3_counts_partitioned_parameters_by_ds_numel():
         param.ds_numel = param.numel()
         param.data = torch.empty(0, dtype=param.dtype)
     assert set_trainable(model, LORA_PARTS, upcast=False) == expected
+
+
+def test_vision_towers_as_modules_to_save_run_and_every_trained_parameter_gets_a_gradient():
+    """LoRA with --freeze_vision False (or --full_finetune): whole towers become trained copies; the tower's
+    calls into them (fast_tower.embed, fast_tower.encoder.layers) reach the copies."""
+    config = FineCaptionConfig.from_preset("tiny", **ALL_OPTIONS)
+    base = tiny_model(**ALL_OPTIONS).train()
+    parts = set(PARTS) - {"language"}
+    inputs = batch(config)
+    with torch.no_grad():
+        expected = base(**inputs).logits
+    model = add_lora(base, lora_args(), parts)
+    counts = set_trainable(model, parts, upcast=True)
+    assert counts["vision"] > 0
+    tower = model.get_base_model().model.vision_tower
+    assert all(isinstance(m, ModulesToSaveWrapper) for m in (tower.fast_tower, tower.slow_tower, tower.sam_tower))
+    output = model(**inputs, labels=inputs["input_ids"])
+    torch.testing.assert_close(output.logits, expected)  # zero lora_B, copies equal to the originals
+    output.loss.backward()
+    missing = [name for name, param in model.named_parameters() if param.requires_grad and param.grad is None]
+    assert missing == []
+    copy = tower.fast_tower.modules_to_save["default"].encoder.layers[0].self_attn.q_proj.weight
+    assert copy.grad.abs().sum() > 0
+    assert tower.fast_tower.original_module.encoder.layers[0].self_attn.q_proj.weight.grad is None
