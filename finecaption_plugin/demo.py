@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_PRESET = "demo"
+DEMO_TEMPLATE = "llama3"  # the conversation template (`--version`) it is trained and prompted with
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 STORAGE_DTYPE = "float16"
 
@@ -27,11 +28,15 @@ def demo_checkpoint() -> Path:
 
 
 def create_demo_init(path: str | Path, seed: int = 0) -> Path:
-    """Write the randomly initialised demo model, with its tokenizer learnt from the generator's text."""
+    """Write the randomly initialised demo model, with its tokenizer learnt from the generator's text and the
+    chat template's own words (its system prompt would otherwise cost ~130 byte-level tokens per sample)."""
+    from .conversation import TEMPLATES
     from .synth import corpus
     from .tiny import create_tiny_checkpoint
 
-    return create_tiny_checkpoint(path, seed=seed, preset=DEMO_PRESET, corpus=corpus())
+    template = TEMPLATES[DEMO_TEMPLATE]
+    text = [*corpus(), template.system, "system user assistant"]
+    return create_tiny_checkpoint(path, seed=seed, preset=DEMO_PRESET, corpus=text)
 
 
 def export_demo(trained: str | Path, target: str | Path = DEMO_MODEL_DIR) -> Path:
