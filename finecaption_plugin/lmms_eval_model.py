@@ -42,13 +42,13 @@ from lmms_eval.protocol import ChatMessages
 from PIL import Image
 from tqdm import tqdm
 
+from .conversation import IMAGE_TOKEN
 from .masks import MaskError
 from .visual_prompts import mask_from_alpha
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-IMAGE_TOKEN = "<image>"
 ON_ERROR = ("skip", "raise")
 
 
