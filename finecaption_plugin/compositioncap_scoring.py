@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .metrics.scores import TABLE_METRICS
+
 # The metric names of the task YAMLs (lmms-eval's metric_list), keys of ``metrics.caption_scores``' result.
-METRICS: tuple[str, ...] = ("ROUGE-L", "BLEU-4", "METEOR", "CIDEr", "BERTScore")
+METRICS: tuple[str, ...] = TABLE_METRICS
 
 Block = Callable[[Sequence[Mapping[str, Any]]], "dict | None"]
 # Name -> function of the extra blocks scored for every task (e.g. attribute accuracy of synthetic data).

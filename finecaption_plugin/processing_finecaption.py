@@ -9,6 +9,8 @@ from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .conversation import IMAGE_TOKEN
+
 
 class FineCaptionProcessor(ProcessorMixin):
     r"""
@@ -33,7 +35,7 @@ class FineCaptionProcessor(ProcessorMixin):
         tokenizer=None,
         chat_template: str | None = None,
         num_image_tokens: int = 1024,
-        image_token: str = "<image>",
+        image_token: str = IMAGE_TOKEN,
         **kwargs: Any,
     ):
         self.num_image_tokens = num_image_tokens

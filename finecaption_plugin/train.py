@@ -162,7 +162,7 @@ def train(model_args, data_args, training_args):
         set_trainable,
         trained_parts,
     )
-    from finecaption_plugin.training_args import check_architecture_flags
+    from finecaption_plugin.training_args import IMAGE_ASPECT_RATIOS, check_architecture_flags
 
     set_seed(training_args.seed)  # LoRA's initialisation comes before the Trainer seeds
     if training_args.bits in (4, 8) and is_deepspeed_zero3_enabled():
@@ -174,7 +174,7 @@ def train(model_args, data_args, training_args):
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path, cache_dir=training_args.cache_dir
     )
-    processor.image_processor.aspect_ratio = "pad" if data_args.image_aspect_ratio == "pad" else "resize"
+    processor.image_processor.aspect_ratio = IMAGE_ASPECT_RATIOS[data_args.image_aspect_ratio]
     samples = build_samples(read_records(data_args.data_path), template, data_args.image_folder)
     dataset = SupervisedDataset(
         samples, processor, template, data_args.image_folder, training_args.model_max_length

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 import transformers
 
+# LLaVA's --image_aspect_ratio values and the FineCaptionImageProcessor aspect_ratio each one means
+# (LLaVA's "square" stretches the image to a square; "pad" pads it with the mean colour).
+IMAGE_ASPECT_RATIOS = {"square": "resize", "pad": "pad"}
+
 
 @dataclass
 class ModelArguments:
@@ -65,8 +69,10 @@ class DataArguments:
     is_multimodal: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts"})
 
     def __post_init__(self):
-        if self.image_aspect_ratio not in ("square", "pad"):
-            raise ValueError(f"--image_aspect_ratio must be square or pad, got {self.image_aspect_ratio!r}")
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(
+                f"--image_aspect_ratio must be {' or '.join(IMAGE_ASPECT_RATIOS)}, got {self.image_aspect_ratio!r}"
+            )
 
 
 @dataclass

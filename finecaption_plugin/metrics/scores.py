@@ -19,8 +19,12 @@ from .tokenizer import ptb_tokenize
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr", "BERTScore")
 BLEU_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
+# The paper's Table 2 metrics, in its order, by their keys in ``caption_scores``' result (the CompositionCap
+# tasks report these).
+TABLE_METRICS = ("ROUGE-L", "BLEU-4", "METEOR", "CIDEr", "BERTScore")
+# The names ``caption_scores(metrics=...)`` selects by: BLEU stands for its four orders (``"BLEU-4"`` etc. work too).
+METRICS = tuple("BLEU" if key in BLEU_KEYS else key for key in TABLE_METRICS)
 SCORE_KEYS = (*BLEU_KEYS, "METEOR", "ROUGE-L", "CIDEr", "BERTScore")
 
 # Per-sample scores of one metric (or of BLEU-1..4), and the metric over a subset of the samples.
