@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .attribute_accuracy import verdict
 from .compositioncap_scoring import METRICS, TaskScores
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def write_report(
             "references": sample["references"],
             "scores": {metric: values[index] for metric, values in per_sample.items()},
             "group": sample["attribute"],
+            "verdict": verdict(sample),
         }
         for index, sample in enumerate(samples[:MAX_SAMPLES])
     ]

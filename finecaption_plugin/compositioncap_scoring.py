@@ -13,14 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .attribute_accuracy import attribute_accuracy
 from .metrics.scores import TABLE_METRICS
 
 # The metric names of the task YAMLs (lmms-eval's metric_list), keys of ``metrics.caption_scores``' result.
 METRICS: tuple[str, ...] = TABLE_METRICS
 
 Block = Callable[[Sequence[Mapping[str, Any]]], "dict | None"]
-# Name -> function of the extra blocks scored for every task (e.g. attribute accuracy of synthetic data).
-BLOCKS: dict[str, Block] = {}
+# Name -> function of the extra blocks scored for every task.
+BLOCKS: dict[str, Block] = {"attribute_accuracy": attribute_accuracy}
 
 
 @dataclass

@@ -43,6 +43,8 @@ body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; }}
 .card img {{ max-width: {thumb}px; height: auto; }}
 .id {{ color: #666; font-size: .9em; }}
 .prediction {{ font-weight: bold; }}
+.card.right {{ border-left: 6px solid #2a8a2a; }} .card.wrong {{ border-left: 6px solid #c62828; }}
+.verdict.right {{ color: #2a8a2a; }} .verdict.wrong {{ color: #c62828; }}
 table {{ border-collapse: collapse; }} td {{ padding: 0 .6em 0 0; }}
 </style>
 </head>
@@ -71,11 +73,18 @@ def _load_sample(sample: Mapping[str, Any], index: int, root: Path | None) -> Im
             f"{where}: field 'image': expected a PIL image or a path, got {type(image).__name__}"
         )
     image = image.convert("RGB")
+    mask = None
     if sample.get("mask") is not None:
         try:
             mask = load_mask(sample["mask"], image.height, image.width, root=root)
         except MaskError as err:
             raise MaskError(f"{where}: field 'mask': {err}") from None
+    if max(image.size) < THUMBNAIL_SIZE:  # small images are shown large, the outline drawn at the shown size
+        scale = THUMBNAIL_SIZE / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        if mask is not None:
+            mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
+    if mask is not None:
         image = draw_contour(image, mask)
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
     return image
@@ -90,18 +99,34 @@ def _format_score(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (float, np.floating)) else str(value)
 
 
+def _verdict_text(verdict: Mapping[str, Any]) -> str:
+    """"right: red" or "wrong: says blue, is red" for a sample's attribute verdict."""
+    if verdict["correct"]:
+        return f"right {verdict['attribute']}: {verdict['truth']}"
+    stated = verdict["stated"] or "no value"
+    return f"wrong {verdict['attribute']}: says {stated}, is {verdict['truth']}"
+
+
 def _card(sample: Mapping[str, Any], image_path: str) -> str:
     esc = html.escape
+    verdict = sample.get("verdict")
+    mark = "" if not verdict else " right" if verdict["correct"] else " wrong"
+    verdict_line = (
+        f'<p class="verdict{mark}">{"&#10003;" if verdict["correct"] else "&#10007;"} {esc(_verdict_text(verdict))}</p>'
+        if verdict
+        else ""
+    )
     references = "".join(f"<li>{esc(r)}</li>" for r in _references(sample))
     scores = sample.get("scores") or {}
     score_rows = "".join(
         f"<tr><td>{esc(str(k))}</td><td>{esc(_format_score(v))}</td></tr>" for k, v in scores.items()
     )
     return (
-        f'<div class="card"><img src="{esc(image_path)}" alt="{esc(str(sample.get("id")))}">'
+        f'<div class="card{mark}"><img src="{esc(image_path)}" alt="{esc(str(sample.get("id")))}">'
         f'<div><div class="id">{esc(str(sample.get("id")))}</div>'
         f'<p class="prediction">{esc(str(sample.get("prediction", "")))}</p>'
-        f"<div>References:<ol>{references}</ol></div>"
+        + verdict_line
+        +         f"<div>References:<ol>{references}</ol></div>"
         + (f"<table>{score_rows}</table>" if score_rows else "")
         + "</div></div>"
     )
@@ -157,6 +182,8 @@ def contact_sheet(tiles: list[tuple[Image.Image, str, str | None]]) -> Image.Ima
         caption_lines = _clip(_wrap(caption, font, SHEET_TILE), SHEET_TEXT_LINES - len(reference_lines))
         for number, line in enumerate(caption_lines + reference_lines):
             color = "black" if number < len(caption_lines) else "dimgray"
+            if number == 0 and caption.startswith(("[right]", "[wrong]")):
+                color = "forestgreen" if caption.startswith("[right]") else "firebrick"
             draw.text((x, y + SHEET_TILE + number * line_height), line, fill=color, font=font)
     return sheet
 
@@ -189,7 +216,9 @@ def write_gallery(
         groups.setdefault(sample.get("group"), []).append(_card(sample, image_path))
         if index < sheet_samples:
             references = _references(sample)
-            caption = f"[{sample.get('id')}] {sample.get('prediction', '')}"
+            verdict = sample.get("verdict")
+            mark = "" if not verdict else "[right] " if verdict["correct"] else "[wrong] "
+            caption = f"{mark}[{sample.get('id')}] {sample.get('prediction', '')}"
             tiles.append((image, caption, references[0] if references else None))
     sections = "\n".join(
         (f"<h2>{html.escape(str(group))}</h2>\n" if group is not None else "") + "\n".join(cards)

@@ -60,7 +60,7 @@ def test_gallery_files_escaping_and_scores(tmp_path):
     assert "<td>CIDEr</td><td>1.235</td>" in text and "<td>note</td><td>&lt;ok&gt;</td>" in text
     for index in range(5):
         with Image.open(tmp_path / "images" / f"{index:04d}.png") as image:
-            assert image.size == (200, 150)
+            assert image.size == (THUMBNAIL_SIZE, THUMBNAIL_SIZE * 150 // 200)  # small images are shown large
             assert f'src="images/{index:04d}.png"' in text
     with Image.open(tmp_path / "gallery.png") as sheet:
         assert sheet.size == expected_sheet_size(5)
@@ -72,8 +72,13 @@ def test_outline_is_drawn_only_when_there_is_a_mask(tmp_path):
     with Image.open(tmp_path / "images" / "0000.png") as image:
         pixels = np.asarray(image.convert("RGB"))
     outlined = (pixels == red).all(axis=2)
-    assert outlined[30, 40:120].all() and outlined[99, 40:120].all()
-    assert not outlined[45:85, 55:105].any()  # inside the region, away from its border
+    scale = THUMBNAIL_SIZE / 200  # the 200 x 150 image is shown at THUMBNAIL_SIZE wide
+
+    def near(row: int) -> np.ndarray:  # the rows around ``row`` of the original image, as shown
+        return outlined[round(row * scale) - 3 : round(row * scale) + 4, round(45 * scale) : round(115 * scale)]
+
+    assert near(30).any(axis=0).all() and near(99).any(axis=0).all()
+    assert not outlined[round(45 * scale) : round(85 * scale), round(55 * scale) : round(105 * scale)].any()
     with Image.open(tmp_path / "images" / "0001.png") as image:
         assert not (np.asarray(image.convert("RGB")) == red).all(axis=2).any()
 
@@ -105,7 +110,9 @@ def test_image_paths_and_mask_forms_relative_to_root(tmp_path):
     write_gallery(samples, tmp_path / "out", "t", root=tmp_path)
     for index in range(2):
         with Image.open(tmp_path / "out" / "images" / f"{index:04d}.png") as image:
-            assert (np.asarray(image.convert("RGB"))[30, 60] == (255, 0, 0)).all()
+            scale = THUMBNAIL_SIZE / 200  # shown large: the outline of row 30 lies near row 30 * scale
+            rows = np.asarray(image.convert("RGB"))[round(30 * scale) - 3 : round(30 * scale) + 4, round(60 * scale)]
+            assert (rows == (255, 0, 0)).all(axis=1).any()
 
 
 def test_long_text_is_wrapped_and_cut(tmp_path):
@@ -136,3 +143,25 @@ def test_bad_samples_name_the_sample_and_field(tmp_path):
         write_gallery([sample(0, image=None)], tmp_path, "t")
     with pytest.raises(MaskError, match=r"sample 0 \('id' 'img0'\): field 'mask': mask is 10x10"):
         write_gallery([sample(0, mask=np.ones((10, 10), bool))], tmp_path, "t")
+
+
+def test_gallery_marks_right_and_wrong_attribute_values(tmp_path):
+    image = Image.new("RGB", (64, 48), "white")
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 10:40] = True
+    right = {"attribute": "color", "truth": "red", "stated": "red", "correct": True}
+    wrong = {"attribute": "color", "truth": "red", "stated": "blue", "correct": False}
+    samples = [
+        {"id": "a", "image": image, "mask": mask, "prediction": "It is red.", "references": ["Red."], "verdict": right},
+        {"id": "b", "image": image, "mask": mask, "prediction": "It is blue.", "references": ["Red."], "verdict": wrong},
+        {"id": "c", "image": image, "mask": None, "prediction": "A scene.", "references": ["A scene."]},
+    ]
+    text = write_gallery(samples, tmp_path, title="verdicts").read_text()
+    assert text.count('class="card right"') == 1 and text.count('class="card wrong"') == 1
+    assert "right color: red" in text
+    assert "wrong color: says blue, is red" in text
+    assert text.count('class="card"') == 1  # no verdict, no mark
+    with Image.open(tmp_path / "images" / "0000.png") as shown:
+        pixels = np.asarray(shown)
+    assert shown.size == (THUMBNAIL_SIZE, THUMBNAIL_SIZE * 48 // 64)
+    assert (pixels == (255, 0, 0)).all(-1).any()  # the region's outline, drawn at the shown size
