@@ -1,9 +1,9 @@
 """The lmms-eval hooks of the CompositionCap tasks, and the per-task state they share (``TaskState``).
 
-The task YAMLs name these through ``tasks/compositioncap/utils.py``: ``load_docs`` (``process_docs``: the
-records of one task, read from the data folder and checked by ``select_docs``), ``doc_to_visual``/``doc_to_text``
-(the image and instruction in the task's visual prompt style), ``process_results`` (a small sample per
-document) and ``aggregate`` (every metric, scored once over the whole task, then the report).
+The task YAMLs name these through ``tasks/compositioncap/utils.py``: ``select_docs`` (``process_docs``: the
+records of one task, all checked), ``doc_to_visual``/``doc_to_text`` (the image and instruction in the
+task's visual prompt style), ``process_results`` (a small sample per document) and ``aggregate`` (every
+metric, scored once over the whole task, then the report).
 
 State: lmms-eval gives each hook only its own arguments, so what one hook learns and another needs lives in
 ``STATE``, one ``TaskState`` per lmms-eval task name. Lifetime: ``select_docs`` starts a fresh one (a task
@@ -23,15 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from .compositioncap_data import (
-    CompositionCapError,
-    check_record,
-    data_root,
-    doc_image,
-    doc_mask,
-    test_file,
-    test_records,
-)
+from .compositioncap_data import CompositionCapError, check_record, data_root, doc_image, doc_mask, test_file
 from .compositioncap_scoring import METRICS, TaskScores, score_task
 from .masks import mask_to_box
 from .prompts import TASKS, task_prompt
@@ -86,16 +78,6 @@ def variant_docs(variant: str) -> Callable[[Any], Any]:
     if len(parts) < 2 or parts[0] != "compositioncap" or parts[1] not in TASKS:
         raise CompositionCapError(f"{variant!r} is not a CompositionCap task name (compositioncap_<task>[_<suffix>])")
     return functools.partial(select_docs, task=parts[1], variant=variant)
-
-
-def load_docs(variant: str):
-    """lmms-eval ``process_docs`` of the task named ``variant``: its records of the data folder, all checked.
-
-    The task YAMLs' ``data_files`` is a placeholder (``tasks/compositioncap/_generate_config.py``): the
-    records are read here, from ``$COMPOSITIONCAP_ROOT``, so the folder is needed only when a task is used.
-    """
-    select = variant_docs(variant)  # a misnamed task fails before the data folder is read
-    return select(test_records())
 
 
 def select_docs(dataset, task: str, variant: str | None = None):
