@@ -57,89 +57,56 @@ _FINECAPTION_8B = dict(
     pad_token_id=128004,
 )
 
+# The small SAM ViT of the toy presets (`use_sam_tower=True` on them), for tests of the paper's tower.
+_TOY_SAM = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    global_attn_indexes=[1],
+    output_channels=16,
+    patch_size=16,
+    window_size=4,
+    num_pos_feats=8,
+    mlp_dim=64,
+)
+
+
+def _toy_preset(*, image_size: int, slow_dims: list[int], clip: dict[str, Any], llama: dict[str, Any]) -> dict:
+    """A preset at toy widths: a 4-layer CLIP/14 (``clip``: its widths, heads and ``image_size``, which is also
+    the fast path's minimum), a 4-stage ConvNeXt of depths 1-1-2-1 and ``slow_dims``, a LLaMA of 4 heads
+    (``llama``: widths, layers, ``vocab_size``), ``_TOY_SAM``; token ids 3 (``<image>``) and 2 (padding)."""
+    return dict(
+        vision_config=dict(clip, num_hidden_layers=4, patch_size=14, hidden_act="quick_gelu"),
+        text_config=dict(
+            llama, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False
+        ),
+        sam_config=_TOY_SAM,
+        slow_depths=[1, 1, 2, 1],
+        slow_dims=slow_dims,
+        image_size=image_size,
+        fast_min_image_size=clip["image_size"],
+        image_token_id=3,
+        pad_token_id=2,
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Same code path as the full model at toy widths: 4 CLIP layers (4 adapter groups of 1), a 4-stage ConvNeXt,
     # a 2-layer LLaMA; 128 px images give a 4x4 grid, i.e. 16 image tokens. vocab_size matches `tiny.py`.
-    "tiny": dict(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            hidden_act="quick_gelu",
-            projection_dim=16,
-        ),
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=384,
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-        ),
-        sam_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            global_attn_indexes=[1],
-            output_channels=16,
-            patch_size=16,
-            window_size=4,
-            num_pos_feats=8,
-            mlp_dim=64,
-        ),
-        slow_depths=[1, 1, 2, 1],
-        slow_dims=[8, 16, 24, 32],
+    "tiny": _toy_preset(
         image_size=128,
-        fast_min_image_size=28,
-        image_token_id=3,
-        pad_token_id=2,
+        slow_dims=[8, 16, 24, 32],
+        clip=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=28, projection_dim=16),
+        llama=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vocab_size=384),
     ),
     # The shipped demo model (`finecaption_plugin.demo`): trained from scratch on generated scenes on a 2-core CPU in
     # under an hour, at most 16 MB. 256 px scenes: an 8x8 slow grid and a 112 px CLIP path, i.e. 64 image tokens.
     # vocab_size is the size of the tokenizer learnt from the generator's text (`demo.build_demo_tokenizer`).
-    "demo": dict(
-        vision_config=dict(
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            image_size=112,
-            patch_size=14,
-            hidden_act="quick_gelu",
-            projection_dim=64,
-        ),
-        text_config=dict(
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=1024,
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-        ),
-        sam_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            global_attn_indexes=[1],
-            output_channels=16,
-            patch_size=16,
-            window_size=4,
-            num_pos_feats=8,
-            mlp_dim=64,
-        ),
-        slow_depths=[1, 1, 2, 1],
-        slow_dims=[24, 48, 96, 128],
+    "demo": _toy_preset(
         image_size=256,
-        fast_min_image_size=112,
-        image_token_id=3,
-        pad_token_id=2,
+        slow_dims=[24, 48, 96, 128],
+        clip=dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, image_size=112, projection_dim=64),
+        llama=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=1024),
     ),
     "finecaption-8b": _FINECAPTION_8B,
     "finecaption-x": dict(

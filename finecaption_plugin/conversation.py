@@ -109,15 +109,25 @@ VICUNA_CHAT_TEMPLATE = (
     "{{ eos_token }}"
     "{% endif %}{% endfor %}"
 )
+# LLaMA-3's special tokens: a turn is header(role) + text + EOT, after BOS.
+LLAMA3_BOS, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
+LLAMA3_HEADER_TOKENS = ("<|start_header_id|>", "<|end_header_id|>")
+
+
+def llama3_header(role: str) -> str:
+    """The header that opens a LLaMA-3 turn of ``role``."""
+    start, end = LLAMA3_HEADER_TOKENS
+    return f"{start}{role}{end}\n\n"
+
+
 LLAMA3_CHAT_TEMPLATE = (
-    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + LLAMA3_SYSTEM + "<|eot_id|>"
-    "{% for message in messages %}"
-    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    LLAMA3_BOS + llama3_header("system") + LLAMA3_SYSTEM + LLAMA3_EOT + "{% for message in messages %}"
+    + llama3_header("{{ message['role'] }}")
+    + "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for c in message['content'] if c['type'] == 'image' %}<image>\n{% endfor %}"
     "{% for c in message['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}{% endif %}"
-    "<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    + LLAMA3_EOT + "{% endfor %}"
+    "{% if add_generation_prompt %}" + llama3_header("assistant") + "{% endif %}"
 )
 
 TEMPLATES: dict[str, ConversationTemplate] = {
@@ -138,11 +148,11 @@ TEMPLATES: dict[str, ConversationTemplate] = {
     "llama3": ConversationTemplate(
         name="llama3",
         system=LLAMA3_SYSTEM,
-        prefix="<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
-        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-        assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
-        assistant_suffix="<|eot_id|>",
-        required_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        prefix=LLAMA3_BOS + llama3_header("system") + "{system}" + LLAMA3_EOT,
+        user=llama3_header("user") + "{content}" + LLAMA3_EOT,
+        assistant_header=llama3_header("assistant"),
+        assistant_suffix=LLAMA3_EOT,
+        required_tokens=(LLAMA3_BOS, *LLAMA3_HEADER_TOKENS, LLAMA3_EOT),
         chat_template=LLAMA3_CHAT_TEMPLATE,
     ),
     # LLaVA's conv_llava_plain for projector pretraining: "<image>caption\n", only the caption trained.
