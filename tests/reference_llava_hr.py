@@ -1,6 +1,7 @@
-"""LLaVA-HR's MR-Adapter and slow-map alignment written out from DESIGN.md with plain tensor ops, shared by the tests
-that check the model (and the converter) against them. Weights go by LLaVA-HR's names inside one
-`align_stages_latent.N` module: `slow_conv.weight`, `gate.0.bias`, ..."""
+"""LLaVA-HR's MR-Adapter and slow-map alignment (Luo et al., "Feast Your Eyes", 2024; its repository's
+`llava/model/multimodal_encoder`) written out with plain tensor ops, shared by the tests that check the model
+(and the converter) against them. Weights go by LLaVA-HR's names inside one `align_stages_latent.N` module:
+`slow_conv.weight`, `gate.0.bias`, ..."""
 
 from __future__ import annotations
 

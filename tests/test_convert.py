@@ -159,8 +159,9 @@ def _reference_features(
     """LLaVA-HR's image features, `[batch, tokens, llm_hidden]`, from the source tensors and `[batch, 3, S, S]` pixels.
 
     With `mask_weight` (Alpha-CLIP's `conv1_alpha`, `[width, 1, patch, patch]`), FineCaption's mask branch as
-    DESIGN.md states it: the `[batch, 1, S, S]` 0/1 `mask` (None: the whole image) normalised `(m - 0.5) / 0.26`,
-    resized to the CLIP input, patch-convolved and added to the RGB patch embeddings before the positions.
+    Alpha-CLIP (Sun et al., CVPR 2024) feeds its alpha channel: the `[batch, 1, S, S]` 0/1 `mask` (None: the
+    whole image) normalised `(m - 0.5) / 0.26`, resized to the CLIP input, patch-convolved and added to the RGB
+    patch embeddings before the positions.
     """
     import timm.models.convnext as convnext
 

@@ -308,8 +308,11 @@ def test_modality_grouped_batches_hold_one_modality():
     assert sorted(order) == list(range(len(lengths)))
     full_batches = [order[i : i + 2] for i in range(0, 8, 2)]
     assert all(len({lengths[i] > 0 for i in batch}) == 1 for batch in full_batches)
+    assert list(sampler) == order  # the same epoch gives the same order
     sampler.set_epoch(1)
-    assert list(sampler) != order or len(lengths) < 3
+    reshuffled = list(sampler)
+    assert reshuffled != order and sorted(reshuffled) == list(range(len(lengths)))
+    assert all(len({lengths[i] > 0 for i in reshuffled[i : i + 2]}) == 1 for i in range(0, 8, 2))
 
 
 def test_llava_flags_parse_with_their_meaning(tmp_path):

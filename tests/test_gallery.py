@@ -151,9 +151,10 @@ def test_gallery_marks_right_and_wrong_attribute_values(tmp_path):
     mask[10:30, 10:40] = True
     right = {"attribute": "color", "truth": "red", "stated": "red", "correct": True}
     wrong = {"attribute": "color", "truth": "red", "stated": "blue", "correct": False}
+    region = {"image": image, "mask": mask, "references": ["Red."]}
     samples = [
-        {"id": "a", "image": image, "mask": mask, "prediction": "It is red.", "references": ["Red."], "verdict": right},
-        {"id": "b", "image": image, "mask": mask, "prediction": "It is blue.", "references": ["Red."], "verdict": wrong},
+        {"id": "a", **region, "prediction": "It is red.", "verdict": right},
+        {"id": "b", **region, "prediction": "It is blue.", "verdict": wrong},
         {"id": "c", "image": image, "mask": None, "prediction": "A scene.", "references": ["A scene."]},
     ]
     text = write_gallery(samples, tmp_path, title="verdicts").read_text()

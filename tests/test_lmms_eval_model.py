@@ -236,7 +236,9 @@ def test_load_in_4bit_quantises_the_language_model_only(tiny_checkpoint: Path):
     assert not any(isinstance(m, Linear4bit) for n, m in modules.items() if "vision_tower" in n or "projector" in n)
     assert not isinstance(modules["lm_head"], Linear4bit)
     answers = model.generate_until(_simple_requests(GREEDY))
-    assert len(answers) == 5 and all(isinstance(answer, str) for answer in answers)
+    assert len(answers) == 5 and all(isinstance(answer, str) for answer in answers) and len(set(answers)) > 1
+    alone = [model.generate_until(_simple_requests(GREEDY)[i : i + 1])[0] for i in (0, 3)]
+    assert [answers[0], answers[3]] == alone  # each answer is its own request's, batched or not
 
 
 # -- share_regions: requests of one image answered with shared vision and prefill work --------------------------

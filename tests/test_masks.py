@@ -28,7 +28,7 @@ def random_mask(height: int = 37, width: int = 53, seed: int = 0) -> np.ndarray:
 
 
 def reference_decode(s: str, height: int, width: int) -> np.ndarray:
-    """The CompositionCap decoder quoted in DESIGN.md."""
+    """The CompositionCap mask format, ``base64(gzip(uint8 H*W))`` (tasks/compositioncap/README.md), decoded."""
     return np.frombuffer(gzip.decompress(base64.b64decode(s)), np.uint8).reshape(height, width) > 0
 
 

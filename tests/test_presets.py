@@ -27,7 +27,7 @@ def test_info_finecaption_8b(capsys):
     assert info["image_tokens"] == 1024 and info["image_size"] == 1024 and info["fast_image_size"] == 448
     params = info["params"]
     assert sum(params.values()) == info["total_params"]
-    # DESIGN.md's analytic counts: CLIP-L/336 303.5 M (less its unused post-layernorm), ConvNeXt-L trunk 196.2 M,
+    # Analytic counts: CLIP-L/336 303.5 M (less its unused post-layernorm), ConvNeXt-L trunk 196.2 M,
     # three MR-Adapters 18.3 M, fusion 2.6 M, projector 21.0 M, LLaMA-3-8B 8.03 B (+ the <image> row).
     assert params["fast_tower"] == pytest.approx(303.5e6, rel=1e-3)
     assert params["slow_tower"] == pytest.approx(196.2e6, rel=1e-3)
