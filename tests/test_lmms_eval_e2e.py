@@ -18,6 +18,8 @@ import pytest
 from finecaption_plugin.compositioncap import METRICS, write_demo_folder
 from finecaption_plugin.tiny import create_tiny_checkpoint
 
+pytestmark = pytest.mark.e2e
+
 BIN = Path(sys.executable).parent
 # Odd, so that one of two processes gets a document fewer (lmms-eval pads the shorter rank).
 LIMIT = 7
@@ -125,6 +127,7 @@ def test_samples_log_rescores_per_attribute(single_run: Path, tmp_path: Path):
     ],  # fmt: skip
     ids=["torchrun", "accelerate"],
 )
+@pytest.mark.multiprocess
 def test_two_processes_give_each_document_its_own_answer(
     single_run: Path, checkpoint: Path, data_root: Path, tmp_path: Path, launcher: list[str]
 ):

@@ -301,6 +301,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
         time.sleep(0.02)
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_result(tiny_checkpoint, dataset, tmp_path, monkeypatch):
     from transformers import Trainer
 
@@ -383,6 +384,7 @@ def test_resume_from_a_checkpoint_saved_before_modules_to_save(tiny_checkpoint, 
         torch.testing.assert_close(weights[key.replace(".weight", ".default.weight")], value, rtol=0, atol=0)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", ["finetune_qlora.sh", "finetune_lora.sh", "finetune_stages.sh"])
 def test_shipped_scripts_parse(script, tmp_path):
     """The example scripts, run with stand-in launchers, pass flags that `finecaption train` accepts."""
@@ -408,6 +410,8 @@ def test_shipped_scripts_parse(script, tmp_path):
         assert training_args.gradient_checkpointing and data_args.image_aspect_ratio == "pad"
 
 
+@pytest.mark.e2e
+@pytest.mark.multiprocess
 @pytest.mark.parametrize(
     "launcher",
     [
