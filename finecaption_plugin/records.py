@@ -84,11 +84,14 @@ def _read_json_list(text: str) -> list[tuple[int, dict]]:
     if not isinstance(values, list):
         raise CompositionCapError(f"expected a JSON list of records, got {type(values).__name__}")
     # Line of each element: decode them one by one from the text (values are already known to be valid).
+    # Lines are counted from the previous element on: counting from the start each time is quadratic.
     records, position = [], text.index("[") + 1
+    line_number, counted = text.count("\n", 0, position) + 1, position
     for value in values:
         while text[position] in " \t\r\n,":
             position += 1
-        line_number = text.count("\n", 0, position) + 1
+        line_number += text.count("\n", counted, position)
+        counted = position
         _, position = decoder.raw_decode(text, position)
         records.append((line_number, _object(line_number, value)))
     return records
