@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from .demo import demo_checkpoint
 from .registration import register
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "FineCaptionImageProcessor",
     "FineCaptionModel",
     "FineCaptionProcessor",
+    "demo_checkpoint",
 ]
 
 if TYPE_CHECKING:

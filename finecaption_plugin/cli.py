@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .demo import DEMO_TEST_IMAGES, DEMO_TEST_SEED
 from .tasks import tasks_dir
 
 __all__ = ["build_parser", "main", "tasks_dir", "visual_prompts_demo"]
@@ -116,6 +117,66 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_error(message: str) -> int:
+    """A command-line input error: the message on stderr, exit status 2, no traceback."""
+    print(f"finecaption: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _caption(args: argparse.Namespace) -> int:
+    import json
+
+    from .caption import RegionsFileError, caption_file, caption_image, instruction, load_captioner, read_regions
+    from .masks import MaskError
+
+    if (args.image is None) == (args.regions is None):
+        return _input_error("give an IMAGE (with --mask ...) or --regions FILE, not both")
+    if args.regions is not None and not args.output:
+        return _input_error("--regions needs --output FILE (the JSONL of captions)")
+    if args.attribute and args.task not in (None, "aarc"):
+        return _input_error("--attribute goes with --task aarc")
+    try:
+        prompt = instruction(args.prompt, "aarc" if args.attribute and not args.task else args.task, args.attribute)
+        regions = read_regions(args.regions, args.image_folder, args.prompt) if args.regions is not None else None
+        captioner = load_captioner(args.model, dtype=args.dtype, device=args.device, batch_size=args.batch_size)
+        settings = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
+        if regions is not None:
+            count = caption_file(captioner, regions, args.output, **settings)
+            print(f"{count} captions written to {args.output}", file=sys.stderr)
+            return 0
+        captions = caption_image(captioner, args.image, args.mask, prompt, **settings)
+    except (ValueError, OSError, MaskError, RegionsFileError) as error:
+        return _input_error(str(error))
+    for mask, caption in zip(args.mask or [None], captions, strict=True):
+        print(json.dumps({"mask": mask, "prompt": prompt, "caption": caption}) if args.json else caption)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoError, run_demo
+
+    try:
+        run_demo(args.output, images=args.images, seed=args.seed, limit=args.limit, batch_size=args.batch_size)
+    except DemoError as error:
+        print(f"finecaption demo: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo_init(args: argparse.Namespace) -> int:
+    from .demo import create_demo_init
+
+    print(create_demo_init(args.directory, seed=args.seed))
+    return 0
+
+
+def _demo_export(args: argparse.Namespace) -> int:
+    from .demo import DEMO_MODEL_DIR, export_demo
+
+    print(export_demo(args.run, args.target or DEMO_MODEL_DIR))
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------------------
 
 
@@ -211,6 +272,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="compositioncap: compositioncap_test.jsonl (lmms-eval); llava: train.json (training)",
     )
     synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+
+    caption = _add(
+        sub,
+        "caption",
+        _caption,
+        help="caption the regions of an image (one line per --mask) or of a regions file (JSONL out)",
+        description="Caption regions with FineCaption (default: the shipped demo model). Each image is encoded "
+        "once for all its masks.",
+    )
+    caption.add_argument("image", nargs="?", help="the image (omit with --regions)")
+    caption.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        help="a region: a mask image path, a CompositionCap string, or inline JSON (COCO RLE, polygon list, "
+        '{"bbox": [x0, y0, x1, y1]}); repeat for more; none: the whole image',
+    )
+    caption.add_argument("--prompt", help="the question asked of every region (default: the task's instruction)")
+    caption.add_argument("--task", choices=["aarc", "rdc", "global"], help="ask the task's instruction (default rdc)")
+    caption.add_argument("--attribute", help="the attribute for --task aarc (e.g. color, 'materials/texture')")
+    caption.add_argument("--regions", help="a CompositionCap JSONL or a COCO-style annotation file")
+    caption.add_argument("--image-folder", help="root of the regions file's image paths (default: its folder)")
+    caption.add_argument("-o", "--output", help="JSONL to write with --regions")
+    caption.add_argument("--model", help="checkpoint folder (default: the shipped demo model)")
+    caption.add_argument("--json", action="store_true", help="print JSON lines {mask, prompt, caption}")
+    caption.add_argument("--max-new-tokens", type=int, default=128)
+    caption.add_argument("--batch-size", type=int, default=16, help="questions decoded together")
+    caption.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    caption.add_argument("--device", default="cpu")
+
+    demo_run = _add(
+        sub,
+        "demo",
+        _demo,
+        help="the shipped model on a generated CompositionCap test split, through lmms-eval (make demo)",
+    )
+    demo_run.add_argument("--output", default="demo-output", help="folder for the data, results and galleries")
+    demo_run.add_argument("--images", type=int, default=DEMO_TEST_IMAGES, help="test images to generate")
+    demo_run.add_argument("--seed", type=int, default=DEMO_TEST_SEED, help="test split seed (training used 0)")
+    demo_run.add_argument("--limit", type=int, help="lmms-eval --limit: requests per task (a quick run)")
+    demo_run.add_argument("--batch-size", type=int, default=16)
+
+    init = _add(sub, "demo-init", _demo_init, help="write the untrained demo model (make demo-model's first step)")
+    init.add_argument("directory", help="output folder")
+    init.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    export = _add(sub, "demo-export", _demo_export, help="store a trained demo model in the package (float16)")
+    export.add_argument("run", help="the training run's output folder")
+    export.add_argument("target", nargs="?", help="destination (default: the package's demo_model folder)")
     return parser
 
 

@@ -53,3 +53,66 @@ def export_demo(trained: str | Path, target: str | Path = DEMO_MODEL_DIR) -> Pat
     model.config.save_pretrained(target)
     AutoProcessor.from_pretrained(trained).save_pretrained(target)
     return target
+
+
+DEMO_TEST_SEED = 2026  # never used for training data (`make demo-model` trains on seed 0)
+DEMO_TEST_IMAGES = 30
+
+
+class DemoError(RuntimeError):
+    """The demo's evaluation run failed; the message says where its log is."""
+
+
+def run_demo(
+    output: str | Path,
+    images: int = DEMO_TEST_IMAGES,
+    seed: int = DEMO_TEST_SEED,
+    limit: int | None = None,
+    batch_size: int = 16,
+    model: str | Path | None = None,
+) -> dict[str, Path]:
+    """`make demo`: generate a test split, run `lmms-eval --model finecaption` on `compositioncap` (aarc, rdc,
+    global) with the shipped model, and print the attribute accuracy and where the galleries are.
+
+    Writes `output/data` (the CompositionCap folder) and `output/logs` (lmms-eval's results, samples, and per task
+    `breakdown.json` + gallery). Returns the gallery `index.html` of each task, by task name.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from .attribute_accuracy import format_table
+    from .synth import write_synth
+
+    output = Path(output)
+    data, logs = output / "data", output / "logs"
+    write_synth(data, images, seed=seed)
+    command = [
+        sys.executable, "-m", "lmms_eval", "--model", "finecaption",
+        "--model_args", f"pretrained={Path(model) if model is not None else demo_checkpoint()}",
+        "--tasks", "compositioncap", "--batch_size", str(batch_size),
+        "--output_path", str(logs), "--log_samples",
+        *(["--limit", str(limit)] if limit is not None else []),
+    ]  # fmt: skip
+    print("$ COMPOSITIONCAP_ROOT=" + str(data), " ".join(command), flush=True)
+    started = time.time()
+    result = subprocess.run(command, env={**os.environ, "COMPOSITIONCAP_ROOT": str(data)}, check=False)
+    if result.returncode != 0:
+        raise DemoError(f"lmms-eval exited with status {result.returncode} (its output is above)")
+    galleries: dict[str, Path] = {}
+    for breakdown_path in sorted(logs.glob("*/*/breakdown.json")):
+        if breakdown_path.stat().st_mtime < started:
+            continue  # an earlier run's
+        breakdown = json.loads(breakdown_path.read_text(encoding="utf-8"))
+        galleries[breakdown["variant"]] = breakdown_path.parent / "index.html"
+        if breakdown.get("attribute_accuracy"):
+            print()
+            print(format_table(breakdown["attribute_accuracy"], title=f"{breakdown['variant']} attribute"))
+    if not galleries:
+        raise DemoError(f"lmms-eval wrote no CompositionCap breakdown under {logs}")
+    print("\nGalleries (open in a browser):")
+    for variant, page in galleries.items():
+        print(f"  {variant}: {page.resolve()}")
+    return galleries
