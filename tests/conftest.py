@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random FineCaption checkpoint built once per test session, offline."""
+"""Shared fixtures: a tiny random FineCaption checkpoint and its processor, built once per test session, offline."""
 
 from __future__ import annotations
 
@@ -13,3 +13,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from finecaption_plugin.tiny import create_tiny_checkpoint
 
     return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-finecaption"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def processor(tiny_checkpoint: Path):
+    """The tiny checkpoint's ``FineCaptionProcessor`` (through ``AutoProcessor``); treat it as read-only."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_checkpoint)

@@ -33,13 +33,6 @@ from finecaption_plugin.prompts import task_prompt
 HEIGHT, WIDTH = 64, 96
 
 
-@pytest.fixture(scope="module")
-def processor(tiny_checkpoint):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(tiny_checkpoint)
-
-
 @pytest.fixture()
 def region() -> np.ndarray:
     mask = np.zeros((HEIGHT, WIDTH), bool)

@@ -1,4 +1,5 @@
-"""No import cycle among finecaption_plugin's modules: every import, at module level or in a function, points one way.
+"""No import cycle among finecaption_plugin's modules, patches/ and tasks/ included: every import, at module level
+or in a function, points one way.
 
 Blocks under ``if __name__ == "__main__":`` are left out: they run only when the module is a script.
 """
@@ -11,10 +12,15 @@ from pathlib import Path
 import finecaption_plugin
 
 PACKAGE = Path(finecaption_plugin.__file__).parent
+# Folders shipped inside the package (pyproject's package-dir), by the import name they ship under.
+SHIPPED = {
+    "finecaption_plugin.patches": PACKAGE.parent / "patches",
+    "finecaption_plugin.tasks": PACKAGE.parent / "tasks",
+}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def _module_name(path: Path, root: Path = PACKAGE, name: str = "finecaption_plugin") -> str:
+    parts = [name, *path.relative_to(root).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -48,6 +54,8 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
 
 def _graph() -> dict[str, set[str]]:
     paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    for name, root in SHIPPED.items():
+        paths |= {_module_name(path, root, name): path for path in root.rglob("*.py")}
     return {name: _imports(path, name, set(paths)) for name, path in paths.items()}
 
 
@@ -72,6 +80,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_the_package():
     graph = _graph()
     assert "finecaption_plugin.compositioncap_data" in graph["finecaption_plugin.compositioncap_hooks"]
+    # patches/ and tasks/, under the names they ship as
+    assert "finecaption_plugin.patches.lmms_eval.task_index" in graph["finecaption_plugin.patches.lmms_eval"]
+    assert "finecaption_plugin.compositioncap_hooks" in graph["finecaption_plugin.tasks.compositioncap.utils"]
 
 
 def test_no_import_cycle():

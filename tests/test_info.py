@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from finecaption_plugin import FineCaptionConfig
+from finecaption_plugin.cli import main
 from finecaption_plugin.info import COMPONENTS, describe
 from finecaption_plugin.modeling_finecaption import FineCaptionForConditionalGeneration
 from finecaption_plugin.parts import COMPONENTS as TABLE
@@ -42,3 +45,38 @@ def test_describe_counts_each_parameter_once_in_its_component(overrides):
     assert info["params"]["mask_branch"] == sum(
         param.numel() for name, param in model.named_parameters() if "mask_embed" in name
     )
+
+
+def run_info(preset: str, capsys) -> dict:
+    assert main(["info", preset]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_info_finecaption_8b(capsys):
+    info = run_info("finecaption-8b", capsys)
+    assert 8.3e9 <= info["total_params"] <= 9.0e9
+    assert info["image_tokens"] == 1024 and info["image_size"] == 1024 and info["fast_image_size"] == 448
+    params = info["params"]
+    assert sum(params.values()) == info["total_params"]
+    # Analytic counts: CLIP-L/336 303.5 M (less its unused post-layernorm), ConvNeXt-L trunk 196.2 M,
+    # three MR-Adapters 18.3 M, fusion 2.6 M, projector 21.0 M, LLaMA-3-8B 8.03 B (+ the <image> row).
+    assert params["fast_tower"] == pytest.approx(303.5e6, rel=1e-3)
+    assert params["slow_tower"] == pytest.approx(196.2e6, rel=1e-3)
+    one_adapter = (1536 * 1536 + 1536) + (1536 * 1024 + 1024) + (1024 * 49 + 1024) + (1024 * 1024 + 1024) + (
+        2048 * 512 + 512 + 512 + 1
+    )
+    assert one_adapter == pytest.approx(6.09e6, rel=1e-3) and params["adapters"] == 3 * one_adapter
+    assert params["fusion"] == pytest.approx(2.62e6, rel=1e-2)
+    assert params["projector"] == pytest.approx(21.0e6, rel=1e-3)
+    assert params["language_model"] + params["lm_head"] == pytest.approx(8.03e9, rel=1e-3)
+    assert params["mask_branch"] == 1024 * 14 * 14 and params["sam_tower"] == 0
+
+
+def test_info_x_and_paper_presets():
+    x = describe(FineCaptionConfig.from_preset("finecaption-x"))
+    assert x["params"]["slow_tower"] == pytest.approx(843.4e6, rel=1e-3)
+    assert x["image_tokens"] == 1024
+    paper_config = FineCaptionConfig.from_preset("finecaption-paper")
+    paper = describe(paper_config)
+    assert paper_config.slow_channels == 1536 + 4 * 256
+    assert paper["params"]["sam_tower"] > 300e6 and paper["image_tokens"] == 1024

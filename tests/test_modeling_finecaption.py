@@ -43,11 +43,6 @@ def model(tiny_checkpoint):
     return AutoModelForImageTextToText.from_pretrained(tiny_checkpoint).eval()
 
 
-@pytest.fixture(scope="module")
-def processor(tiny_checkpoint):
-    return AutoProcessor.from_pretrained(tiny_checkpoint)
-
-
 def test_auto_classes_load_the_tiny_checkpoint(tiny_checkpoint, model, processor):
     config = AutoConfig.from_pretrained(tiny_checkpoint)
     assert type(config).__name__ == "FineCaptionConfig"
@@ -279,3 +274,30 @@ def test_half_precision_generation(tiny_checkpoint, processor, dtype):
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_meta_device_shapes_of_the_full_model():
+    config = FineCaptionConfig.from_preset("finecaption-8b")
+    from finecaption_plugin.modeling_finecaption import FineCaptionForConditionalGeneration
+
+    with torch.device("meta"):
+        model = FineCaptionForConditionalGeneration(config)
+        features = model.get_image_features(torch.empty(1, 3, 1024, 1024), torch.empty(1, 1, 1024, 1024))
+    assert features.shape == (1, 1024, 4096)
+    assert model.model.vision_tower.fast_mask_embed.weight.shape == (1024, 1, 14, 14)
+    assert model.lm_head.weight.shape == (128257, 4096)
+
+
+def test_device_map_auto_keeps_the_vision_tower_whole_and_runs(tiny_checkpoint):
+    from accelerate import infer_auto_device_map
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, device_map="auto")
+    input_ids = torch.tensor([[0, 4, 5, 6]])
+    assert model(input_ids=input_ids).logits.shape == (1, 4, model.config.text_config.vocab_size)
+    # Spread over CPU and disk, the language model splits by decoder layer but the vision tower stays in one piece.
+    size = sum(p.numel() * 4 for p in model.parameters())
+    device_map = infer_auto_device_map(
+        model, max_memory={"cpu": size * 9 // 10, "disk": size * 2}, no_split_module_classes=model._no_split_modules
+    )
+    assert len(set(device_map.values())) > 1
+    assert not [name for name in device_map if name.startswith("model.vision_tower.")]

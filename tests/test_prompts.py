@@ -1,3 +1,5 @@
+"""finecaption_plugin.prompts: the task instructions shared by training and evaluation."""
+
 import pytest
 
 from finecaption_plugin.prompts import TASKS, task_prompt
