@@ -180,8 +180,32 @@ def _demo_export(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
-def _add(subparsers: argparse._SubParsersAction, name: str, handler: Handler, **kwargs) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, **kwargs)
+# Each sub-command's handler and its line in ``finecaption --help`` (which lists them in build_parser's order).
+COMMANDS: dict[str, tuple[Handler, str]] = {
+    "tasks-dir": (_tasks_dir, "print the lmms-eval tasks folder shipped in the package"),
+    "info": (_info, "parameter and image-token counts of a preset (JSON)"),
+    "create-tiny": (_create_tiny, "write a tiny random FineCaption checkpoint (same architecture, toy widths)"),
+    "train": (_train, "fine-tune FineCaption (LLaVA train.py flags + TrainingArguments; --help for all)"),
+    "convert": (_convert, "turn a LLaVA-HR checkpoint into a FineCaption checkpoint"),
+    "merge": (_merge, "merge a LoRA training run into a plain FineCaption checkpoint"),
+    "score": (_score, "score captions (BLEU, METEOR, ROUGE-L, CIDEr, BERTScore) of a JSONL or lmms-eval samples log"),
+    "compositioncap-demo": (_compositioncap_demo, "write a small synthetic CompositionCap folder"),
+    "visual-prompts": (_visual_prompts, "write one example image per visual prompt style"),
+    "synth": (_synth, "write synthetic regional-captioning scenes (CompositionCap or LLaVA)"),
+    "caption": (_caption, "caption the regions of an image (one line per --mask) or of a regions file (JSONL out)"),
+    "demo": (_demo, "the shipped model on a generated CompositionCap test split, through lmms-eval (make demo)"),
+    "demo-init": (_demo_init, "write the untrained demo model (make demo-model's first step)"),
+    "demo-export": (_demo_export, "store a trained demo model in the package (float16)"),
+    "compositioncap-convert": (
+        _compositioncap_convert,
+        "flatten per-image nested CompositionCap records to the task's JSONL",
+    ),
+}
+
+
+def _add(subparsers: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+    handler, summary = COMMANDS[name]
+    parser = subparsers.add_parser(name, help=summary, **kwargs)
     parser.set_defaults(func=handler)
     return parser
 
@@ -190,32 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finecaption", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    _add(sub, "tasks-dir", _tasks_dir, help="print the lmms-eval tasks folder shipped in the package")
+    _add(sub, "tasks-dir")
 
-    info = _add(sub, "info", _info, help="parameter and image-token counts of a preset (JSON)")
+    info = _add(sub, "info")
     info.add_argument("preset", type=_preset, help="a preset of FineCaptionConfig.from_preset (e.g. tiny)")
 
-    tiny = _add(
-        sub,
-        "create-tiny",
-        _create_tiny,
-        help="write a tiny random FineCaption checkpoint (same architecture, toy widths)",
-    )
+    tiny = _add(sub, "create-tiny")
     tiny.add_argument("directory", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
     # Every flag goes to HfArgumentParser; "+" as prefix keeps argparse from reading "--flags" itself.
-    train = _add(
-        sub,
-        "train",
-        _train,
-        help="fine-tune FineCaption (LLaVA train.py flags + TrainingArguments; --help for all)",
-        add_help=False,
-        prefix_chars="+",
-    )
+    train = _add(sub, "train", add_help=False, prefix_chars="+")
     train.add_argument("args", nargs=argparse.REMAINDER)
 
-    convert = _add(sub, "convert", _convert, help="turn a LLaVA-HR checkpoint into a FineCaption checkpoint")
+    convert = _add(sub, "convert")
     convert.add_argument("--from", dest="source_format", choices=["llava-hr"], required=True)
     convert.add_argument("src", help="LLaVA-HR checkpoint folder (config.json, tokenizer, weights)")
     convert.add_argument("dst", help="output folder")
@@ -224,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", default="vicuna_v1", help="conversation template of the LLM, for the chat template"
     )
 
-    merge = _add(sub, "merge", _merge, help="merge a LoRA training run into a plain FineCaption checkpoint")
+    merge = _add(sub, "merge")
     merge.add_argument("--model-path", required=True, help="the LoRA run (or one of its checkpoint-N folders)")
     merge.add_argument("--model-base", help="base checkpoint (default: the one the run was trained from)")
     merge.add_argument("--save-model-path", required=True, help="output folder")
@@ -232,8 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     score = _add(
         sub,
         "score",
-        _score,
-        help="score captions (BLEU, METEOR, ROUGE-L, CIDEr, BERTScore) of a JSONL or lmms-eval samples log",
         description="``finecaption score FILE``: caption metrics of a JSONL of predictions, printed and saved as JSON.",
     )
     score.add_argument("file", type=Path, help="JSONL of prediction/references[/group] or lmms-eval samples")
@@ -244,24 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--bertscore-layer", type=int, help="layer for BERTScore (default: the model's usual one)")
     score.add_argument("--device", help="device for BERTScore (default: cuda if available)")
 
-    demo = _add(sub, "compositioncap-demo", _compositioncap_demo, help="write a small synthetic CompositionCap folder")
+    demo = _add(sub, "compositioncap-demo")
     demo.add_argument("directory", help="output folder (use it as COMPOSITIONCAP_ROOT)")
     demo.add_argument("--images", type=int, default=4, help="number of images (7 records each)")
     demo.add_argument("--seed", type=int, default=0)
 
-    flatten = _add(
-        sub,
-        "compositioncap-convert",
-        _compositioncap_convert,
-        help="flatten per-image nested CompositionCap records to the task's JSONL",
-    )
+    flatten = _add(sub, "compositioncap-convert")
     flatten.add_argument("source", help="nested file: a JSON list or JSON lines of per-image records")
     flatten.add_argument("target", help="flat JSON lines (name it compositioncap_test.jsonl in the data folder)")
 
-    visual = _add(sub, "visual-prompts", _visual_prompts, help="write one example image per visual prompt style")
+    visual = _add(sub, "visual-prompts")
     visual.add_argument("--demo", metavar="OUTDIR", required=True, help="folder for the example PNGs")
 
-    synth = _add(sub, "synth", _synth, help="write synthetic regional-captioning scenes (CompositionCap or LLaVA)")
+    synth = _add(sub, "synth")
     synth.add_argument("directory", help="output folder")
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, default=0, help="data set seed (same arguments, same bytes)")
@@ -276,8 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     caption = _add(
         sub,
         "caption",
-        _caption,
-        help="caption the regions of an image (one line per --mask) or of a regions file (JSONL out)",
         description="Caption regions with FineCaption (default: the shipped demo model). Each image is encoded "
         "once for all its masks.",
     )
@@ -302,22 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     caption.add_argument("--device", default="cpu")
 
-    demo_run = _add(
-        sub,
-        "demo",
-        _demo,
-        help="the shipped model on a generated CompositionCap test split, through lmms-eval (make demo)",
-    )
+    demo_run = _add(sub, "demo")
     demo_run.add_argument("--output", default="demo-output", help="folder for the data, results and galleries")
     demo_run.add_argument("--images", type=int, default=DEMO_TEST_IMAGES, help="test images to generate")
     demo_run.add_argument("--seed", type=int, default=DEMO_TEST_SEED, help="test split seed (training used 0)")
     demo_run.add_argument("--limit", type=int, help="lmms-eval --limit: requests per task (a quick run)")
     demo_run.add_argument("--batch-size", type=int, default=16)
 
-    init = _add(sub, "demo-init", _demo_init, help="write the untrained demo model (make demo-model's first step)")
+    init = _add(sub, "demo-init")
     init.add_argument("directory", help="output folder")
     init.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    export = _add(sub, "demo-export", _demo_export, help="store a trained demo model in the package (float16)")
+    export = _add(sub, "demo-export")
     export.add_argument("run", help="the training run's output folder")
     export.add_argument("target", nargs="?", help="destination (default: the package's demo_model folder)")
     return parser
