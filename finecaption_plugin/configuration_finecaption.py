@@ -13,17 +13,11 @@ from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT
 # The slow (ConvNeXt) and SAM paths both end at output stride 32: one image token per 32x32 pixels.
 SLOW_OUTPUT_STRIDE = 32
 
+# OpenAI's CLIP ViT-L/14 at 336 px: the widths and depth of ViT-L, then the patch grid and CLIP's own settings.
 _CLIP_L_336 = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=336,
-    patch_size=14,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-    projection_dim=768,
-)
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+)  # fmt: skip
 _LLAMA_3_8B = dict(
     hidden_size=4096,
     intermediate_size=14336,
