@@ -97,8 +97,15 @@ def _compositioncap_demo(args: argparse.Namespace) -> int:
 
 def _compositioncap_convert(args: argparse.Namespace) -> int:
     from .compositioncap import convert_nested
+    from .records import CompositionCapError
 
-    print(f"{convert_nested(args.source, args.target)} records written to {args.target}")
+    try:
+        count = convert_nested(args.source, args.target)
+    except CompositionCapError as error:
+        return _input_error(f"{args.source}: {error}")
+    except OSError as error:
+        return _input_error(str(error))
+    print(f"{count} records written to {args.target}")
     return 0
 
 

@@ -17,13 +17,23 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .masks import MaskError, load_mask
+from .masks import MaskError, check_pixels, inside_folder, is_mask_path, load_mask
 from .records import REQUIRED_FIELDS, CompositionCapError, are_captions, image_size, open_image, where
 
 ROOT_ENV = "COMPOSITIONCAP_ROOT"
 TEST_FILE = "compositioncap_test.jsonl"
+ALLOW_OUTSIDE_ENV = "FINECAPTION_ALLOW_OUTSIDE_DATA_FOLDER"
 
-__all__ = ["ROOT_ENV", "TEST_FILE", "CompositionCapError", "check_record", "data_root", "doc_image", "doc_mask"]
+__all__ = [
+    "ALLOW_OUTSIDE_ENV",
+    "ROOT_ENV",
+    "TEST_FILE",
+    "CompositionCapError",
+    "check_record",
+    "data_root",
+    "doc_image",
+    "doc_mask",
+]
 
 
 def data_root() -> Path:
@@ -38,11 +48,29 @@ def data_root() -> Path:
 
 
 def test_file() -> str:
-    """Path of ``compositioncap_test.jsonl`` in the data folder (for the YAML's ``data_files``)."""
+    """Path of ``compositioncap_test.jsonl`` in the data folder (for the YAML's ``data_files``); it must hold a
+    record (an empty file would reach lmms-eval's loader as a bare ``StopIteration``)."""
     path = data_root() / TEST_FILE
     if not path.is_file():
         raise CompositionCapError(f"{path} does not exist: {ROOT_ENV} must hold {TEST_FILE}")
+    with path.open("rb") as file:
+        if not any(line.strip() for line in file):
+            raise CompositionCapError(f"{path} holds no record: it is empty (one JSON record a line expected)")
     return str(path)
+
+
+def allow_outside() -> bool:
+    """Whether records may name images and masks outside the data folder: ``$FINECAPTION_ALLOW_OUTSIDE_DATA_FOLDER``
+    set to 1 (or true/yes). Without it a path that leaves the folder (``..``, absolute, a symlink) is an error."""
+    return os.environ.get(ALLOW_OUTSIDE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def data_path(value: Any, root: Path, field: str) -> Path:
+    """The file a record's ``field`` names, relative to ``root``; ``MaskError`` when it leaves ``root``
+    (unless ``allow_outside``)."""
+    if allow_outside():
+        return root / value
+    return inside_folder(value, root, field)
 
 
 
@@ -71,15 +99,25 @@ def check_record(
         raise fail("captions", "must be a non-empty list of non-empty strings")
     if task == "aarc" and not record.get("attribute"):
         raise fail("attribute", "an 'aarc' record needs the attribute its captions describe")
-    path = root / record["image"]
+    try:
+        check_pixels(height, width, "the record's image")
+    except MaskError as error:
+        raise fail("height", str(error)) from None
+    if not isinstance(record["image"], str):
+        raise fail("image", f"expected a path string, got {type(record['image']).__name__}")
+    try:
+        path = data_path(record["image"], root, "image")
+    except MaskError as error:
+        raise fail("image", str(error)) from None
     if not path.is_file():
         raise fail("image", f"{path} does not exist")
     image_sizes = {} if image_sizes is None else image_sizes
     if path not in image_sizes:
         try:
-            image_sizes[path] = image_size(path)
+            # The header's size is checked (pixel limit, the record's size) before any pixel is decoded.
+            image_sizes[path] = image_size(path, expected=(width, height))
         except (OSError, SyntaxError, ValueError) as error:
-            raise fail("image", f"{path} is not a readable image ({error})") from None
+            raise fail("image", str(error)) from None
     size = image_sizes[path]
     if size != (width, height):
         raise fail("image", f"{path} is {size[0]}x{size[1]} (width x height), the record says {width}x{height}")
@@ -90,6 +128,8 @@ def check_record(
         raise fail("mask", f"a {task!r} record needs the region mask")
     else:
         try:
+            if isinstance(record["mask"], str) and is_mask_path(record["mask"]):
+                data_path(record["mask"], root, "mask")
             _load_mask(record["mask"], height, width, root)
         except MaskError as error:
             raise fail("mask", str(error)) from None

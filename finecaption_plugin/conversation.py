@@ -7,10 +7,17 @@ segment boundary with more than whitespace on the earlier side means the templat
 not token boundaries of this tokenizer: that is a "tokenization mismatch" error, never a silently
 masked sample (LLaVA's loss of 0). Each template also gives the Jinja chat template that renders the
 same prompt at inference, so training and ``processor.apply_chat_template`` agree.
+
+User text is text: a special-token string inside a user turn, a reply or a record (``<|eot_id|>``, ``</s>``,
+...) is tokenised as ordinary characters (``escape_special_tokens``, applied here and by the processor's
+``apply_chat_template``); special tokens come only from the template. ``<image>`` is the one placeholder a
+turn may hold. Text must be valid Unicode (a lone surrogate is an error naming the turn).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +39,46 @@ LLAMA3_SYSTEM = (
 
 class ConversationError(ValueError):
     """A conversation that a template cannot render or a tokenizer cannot split at the turn boundaries."""
+
+
+# Put after the first character of a special-token string found in user text, so that the tokenizer reads it as
+# text (a word joiner: invisible, and no tokenizer's special token contains it).
+TEXT_MARK = "\u2060"
+
+
+def special_token_strings(tokenizer) -> tuple[str, ...]:
+    """The strings the tokenizer reads as one special token: its special tokens and special added tokens."""
+    strings = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            strings.add(str(token))
+    return tuple(sorted(string for string in strings if len(string) > 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _special_pattern(strings: tuple[str, ...]) -> re.Pattern | None:
+    if not strings:
+        return None
+    return re.compile("|".join(re.escape(string) for string in sorted(strings, key=len, reverse=True)))
+
+
+def escape_special_tokens(text: str, tokenizer, keep: Sequence[str] = (IMAGE_TOKEN,)) -> str:
+    """``text`` with every special-token string of ``tokenizer`` (but those in ``keep``) made plain text: a word
+    joiner (U+2060) after its first character, so ``<|eot_id|>`` typed by a user is read as ``<``, ``|``, ... and
+    never ends a turn. Text without special-token strings is returned unchanged."""
+    pattern = _special_pattern(tuple(string for string in special_token_strings(tokenizer) if string not in keep))
+    if pattern is None:
+        return text
+    return pattern.sub(lambda match: match.group(0)[0] + TEXT_MARK + match.group(0)[1:], text)
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text (a lone surrogate, which no tokenizer or file can take), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"not valid Unicode text: a lone surrogate U+{ord(text[error.start]):04X} at character {error.start}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,6 +120,7 @@ class ConversationTemplate:
                 raise ConversationError(
                     f"turn {index} is from {role!r}, expected {expected!r} (turns alternate)"
                 )
+            text = escape_special_tokens(text, tokenizer)  # special tokens come from the template only
             if role == USER:
                 out.append(Segment(self.user.format(content=text, **special), False))
                 out.append(Segment(self.assistant_header.format(**special), False))
@@ -188,6 +236,9 @@ def normalize_turns(conversations: Sequence[dict], template: ConversationTemplat
             raise ConversationError(f"turn {index} has unknown 'from' {message['from']!r}")
         if not isinstance(message["value"], str):
             raise ConversationError(f"turn {index} has a non-string 'value'")
+        problem = unicode_problem(message["value"])
+        if problem:
+            raise ConversationError(f"turn {index} 'value' is {problem}")
         turns.append((role, message["value"]))
     if turns and turns[0][0] == ASSISTANT:
         turns = turns[1:]

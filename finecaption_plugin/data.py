@@ -16,8 +16,12 @@ feeds the mask to the model; any other style of ``visual_prompts.VISUAL_PROMPT_S
 model gets no mask (the whole image), as the lmms-eval CompositionCap tasks show a region in that style.
 The prompt should name the region with the style's phrase (``visual_prompts.REGION_PHRASES``).
 
-Records are checked when the file is read (structure, conversation, files present), so a bad one stops
-the run before training starts; images and masks are decoded lazily. Every error names the record.
+Records are checked when the file is read, before the model loads: structure, conversation (valid Unicode
+text), ``height``/``width``, every image decoded in full (its header checked against the pixel limit first,
+``masks.max_pixels``) and every mask decoded at its image's size; a bad one stops the run before training
+starts. Image and mask paths stay inside the data folder (``--image_folder``, else the current folder) once
+``..`` and symlinks are resolved, unless ``--allow_outside_data_folder True``. Every error names the record
+and the field. Samples are turned into tensors lazily.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ from .conversation import (
     ConversationTemplate,
     normalize_turns,
     tokenize_segments,
+    unicode_problem,
 )
-from .masks import MaskError, is_mask_path, load_mask
+from .masks import MaskError, inside_folder, is_mask_path, load_mask
 from .prompts import task_prompt
 from .visual_prompts import VISUAL_PROMPT_STYLES, render_visual_prompt
 
@@ -104,6 +109,10 @@ def _compositioncap_samples(index: int, record: dict, template: ConversationTemp
         prompt = task_prompt(record.get("task"), record.get("attribute"))
     except ValueError as err:
         raise DataError(f"{name}: field 'task': {err}") from None
+    for caption_index, caption in enumerate(captions):
+        problem = unicode_problem(caption)
+        if problem:
+            raise DataError(f"{name}: field 'captions': caption {caption_index} is {problem}")
     samples = []
     for caption_index, caption in enumerate(captions):
         conversation = [
@@ -125,23 +134,38 @@ def _compositioncap_samples(index: int, record: dict, template: ConversationTemp
 
 
 def build_samples(
-    records: Sequence[dict], template: ConversationTemplate, image_folder: str | Path | None
+    records: Sequence[dict],
+    template: ConversationTemplate,
+    image_folder: str | Path | None,
+    allow_outside: bool = False,
+    check_files: bool = True,
 ) -> list[Sample]:
-    """Check every record and turn it into samples (CompositionCap records give one per caption)."""
+    """Check every record and turn it into samples (CompositionCap records give one per caption).
+
+    ``check_files``: decode every image and mask now (the sizes from headers first), so a broken one is named
+    before the model loads. ``allow_outside``: image and mask paths may leave the data folder.
+    """
     samples = []
     root = Path(image_folder) if image_folder else None
+    image_sizes: dict[Path, tuple[int, int]] = {}
     for index, record in enumerate(records):
         name = record_name(index, record)
         image = record.get("image")
         if image is not None and not isinstance(image, str):
             raise DataError(f"{name}: field 'image': expected a path string, got {type(image).__name__}")
-        if image is not None and not _resolve(image, root).is_file():
-            raise DataError(f"{name}: field 'image': file not found: {_resolve(image, root)}")
+        if image is not None:
+            _data_file(name, "image", image, root, allow_outside)
         mask = record.get("mask")
         if mask is not None and image is None:
             raise DataError(f"{name}: field 'mask': a mask needs an 'image'")
-        if isinstance(mask, str) and is_mask_path(mask) and not _resolve(mask, root).is_file():
-            raise DataError(f"{name}: field 'mask': file not found: {_resolve(mask, root)}")
+        if isinstance(mask, str) and is_mask_path(mask):
+            _data_file(name, "mask", mask, root, allow_outside)
+        for field in ("height", "width"):
+            value = record.get(field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise DataError(
+                    f"{name}: field {field!r}: {value!r} is a {type(value).__name__}, expected a positive integer"
+                )
         style = _visual_prompt(name, record)
         try:
             if "conversations" in record:
@@ -156,7 +180,10 @@ def build_samples(
             else:
                 raise DataError(f"{name}: needs 'conversations' (LLaVA) or 'captions' (CompositionCap)")
         except ConversationError as err:
-            raise DataError(f"{name}: field 'conversations': {err}") from None
+            field = "captions" if "conversations" not in record else "conversations"
+            raise DataError(f"{name}: field {field!r}: {err}") from None
+        if check_files and image is not None:
+            _check_files(name, record, root, allow_outside, image_sizes)
     if not samples:
         raise DataError("the training data holds no record")
     return samples
@@ -164,6 +191,48 @@ def build_samples(
 
 def _resolve(path: str, root: Path | None) -> Path:
     return root / path if root is not None and not Path(path).is_absolute() else Path(path)
+
+
+def _data_file(name: str, field: str, value: str, root: Path | None, allow_outside: bool) -> Path:
+    """The file a record's ``field`` names: present, and inside the data folder unless ``allow_outside``."""
+    path = _resolve(value, root)
+    if not allow_outside:
+        try:
+            inside_folder(value, root if root is not None else Path.cwd(), field)
+        except MaskError as err:
+            raise DataError(
+                f"{name}: field {field!r}: {err}; pass --allow_outside_data_folder True to allow it"
+            ) from None
+    if not path.is_file():
+        raise DataError(f"{name}: field {field!r}: file not found: {path}")
+    return path
+
+
+def _check_files(
+    name: str, record: dict, root: Path | None, allow_outside: bool, image_sizes: dict[Path, tuple[int, int]]
+) -> None:
+    """Decode the record's image (once per file) and mask now; errors name the record and the field."""
+    path = _resolve(record["image"], root)
+    if path not in image_sizes:
+        try:
+            image_sizes[path] = records.image_size(path)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{name}: field 'image': cannot read {record['image']}: {err}") from None
+    width, height = image_sizes[path]
+    _check_stated_size(name, record.get("height"), record.get("width"), height, width)
+    if record.get("mask") is not None:
+        try:
+            load_mask(record["mask"], height, width, root=root, contain=not allow_outside and root is not None)
+        except MaskError as err:
+            raise DataError(f"{name}: field 'mask': {err}") from None
+
+
+def _check_stated_size(name: str, height: Any, width: Any, image_height: int, image_width: int) -> None:
+    if (height, width) != (None, None) and (height, width) != (image_height, image_width):
+        raise DataError(
+            f"{name}: fields 'height'/'width' say {height}x{width} (height x width), the image is "
+            f"{image_height}x{image_width}"
+        )
 
 
 class SupervisedDataset(Dataset):
@@ -200,16 +269,11 @@ class SupervisedDataset(Dataset):
     def load_image(self, sample: Sample) -> tuple[Image.Image, np.ndarray | None]:
         try:
             image = records.open_image(_resolve(sample.image, self.root))
-        except (OSError, Image.DecompressionBombError) as err:
+        except (OSError, ValueError) as err:
             raise DataError(f"{sample.name}: field 'image': cannot read {sample.image}: {err}") from None
         if sample.mask is None:
             return image, None
-        height, width = sample.height, sample.width
-        if (height, width) != (None, None) and (height, width) != (image.height, image.width):
-            raise DataError(
-                f"{sample.name}: fields 'height'/'width' say {height}x{width}, the image is "
-                f"{image.height}x{image.width}"
-            )
+        _check_stated_size(sample.name, sample.height, sample.width, image.height, image.width)
         try:
             mask = load_mask(sample.mask, image.height, image.width, root=self.root)
         except MaskError as err:

@@ -13,6 +13,7 @@ saved before ``modules_to_save`` keep their fully trained parts only there, and 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -90,7 +91,10 @@ def add_lora(model: nn.Module, training_args, parts: set[str] | frozenset[str] =
         modules_to_save=modules_to_save(model, parts) or None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` alias, which warns on every run.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def set_trainable(model: nn.Module, parts: set[str], upcast: bool) -> dict[str, int]:

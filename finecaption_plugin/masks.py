@@ -10,6 +10,12 @@ All decoders return a boolean ``np.ndarray`` of shape ``(height, width)``. Forma
 
 ``load_mask`` dispatches on the value. Every bad input raises ``MaskError`` saying what was wrong;
 callers add the record and field it came from.
+
+Sizes are checked before anything is allocated: a mask (and an image, ``records``) may hold at most
+``max_pixels()`` pixels (``MAX_PIXELS``, 8192 x 8192, or ``$FINECAPTION_MAX_PIXELS``); an RLE's own ``size`` is
+checked against the expected size and that limit before it is decoded; a PNG's size is read from its header;
+a polygon is clipped to a box around the image before it is rasterised (pycocotools' cost grows with the
+coordinates: 1e8 takes minutes and gigabytes, 1e30 crashes it); a gzip stream must hold exactly one member.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import base64
 import binascii
 import gzip
 import math
+import os
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -29,6 +36,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 __all__ = [
+    "MAX_PIXELS",
     "MaskError",
     "box_to_mask",
     "decode_compositioncap",
@@ -39,6 +47,7 @@ __all__ = [
     "load_mask",
     "mask_to_box",
     "mask_to_contour",
+    "max_pixels",
     "polygon_to_mask",
     "resize_mask",
 ]
@@ -48,13 +57,48 @@ class MaskError(ValueError):
     """A mask value that cannot be decoded, or decodes to an unusable mask."""
 
 
+MAX_PIXELS = 8192 * 8192
+MAX_PIXELS_ENV = "FINECAPTION_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """The most pixels a mask or an image may have: ``$FINECAPTION_MAX_PIXELS``, else ``MAX_PIXELS`` (8192 x 8192).
+
+    Checked from the sizes a value states (an RLE's ``size``, a PNG's or image's header, a record's height and
+    width) before decoding, so a hostile value is refused before memory is allocated for it.
+    """
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if not value:
+        return MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise MaskError(f"${MAX_PIXELS_ENV}={value!r} is not a whole number of pixels") from None
+    if limit <= 0:
+        raise MaskError(f"${MAX_PIXELS_ENV}={value!r} must be positive")
+    return limit
+
+
+def check_pixels(height: int, width: int, what: str = "mask") -> None:
+    """Raise ``MaskError`` when ``height x width`` is over ``max_pixels()`` (before anything is decoded)."""
+    limit = max_pixels()
+    if height * width > limit:
+        raise MaskError(
+            f"{what} is {height}x{width} (height x width) = {height * width} pixels, over the limit of {limit} "
+            f"(${MAX_PIXELS_ENV} raises it)"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_size(height: Any, width: Any) -> tuple[int, int]:
     if height is None or width is None:
         raise MaskError("this mask format needs the image height and width, and they were not given")
-    if not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (height, width)
-    ):
+    if not all(_is_int(v) and v > 0 for v in (height, width)):
         raise MaskError(f"height and width must be positive integers, got height={height!r}, width={width!r}")
+    check_pixels(int(height), int(width))
     return int(height), int(width)
 
 
@@ -103,10 +147,15 @@ def decode_compositioncap(s: str | bytes, height: int, width: int) -> np.ndarray
         )
     if not decompressor.eof:
         raise MaskError("bad gzip data in CompositionCap mask: the stream is truncated")
+    if decompressor.unused_data:
+        # A second gzip member, or bytes appended to the stream: not what CompositionCap writes.
+        raise MaskError(
+            f"bad gzip data in CompositionCap mask: {len(decompressor.unused_data)} bytes follow the end of the "
+            "gzip stream (a second member or trailing data)"
+        )
     if len(raw) != expected:
         raise MaskError(
-            f"mask decodes to {len(raw)} bytes, "
-            f"expected height*width = {expected} (height={height}, width={width})"
+            f"mask decodes to {len(raw)} bytes, expected height*width = {expected} (height={height}, width={width})"
         )
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width) > 0
 
@@ -158,10 +207,17 @@ def decode_rle(rle: dict, height: int | None = None, width: int | None = None) -
     ``height``/``width``, when given, must match the RLE's ``size``.
     """
     try:
-        rle_height, rle_width = (int(v) for v in rle["size"])
-        counts = rle["counts"]
-    except (KeyError, TypeError, ValueError):
+        size, counts = rle["size"], rle["counts"]
+    except (KeyError, TypeError):
         raise MaskError("an RLE mask needs 'size': [height, width] and 'counts'") from None
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
+        raise MaskError(f"an RLE mask's 'size' must be [height, width], two positive integers, got {size!r}")
+    rle_height, rle_width = int(size[0]), int(size[1])
+    if (height is not None and rle_height != height) or (width is not None and rle_width != width):
+        raise MaskError(
+            f"the RLE's 'size' is {rle_height}x{rle_width} (height x width), expected "
+            f"{height if height is not None else '*'}x{width if width is not None else '*'}"
+        )
     rle_height, rle_width = _check_size(rle_height, rle_width)
     if isinstance(counts, bytes):
         try:
@@ -187,9 +243,7 @@ def decode_rle(rle: dict, height: int | None = None, width: int | None = None) -
             f"(height={rle_height}, width={rle_width})"
         )
     if compressed is None:
-        compressed = coco_mask.frPyObjects(
-            {"size": [rle_height, rle_width], "counts": runs}, rle_height, rle_width
-        )
+        compressed = coco_mask.frPyObjects({"size": [rle_height, rle_width], "counts": runs}, rle_height, rle_width)
     return _check_shape(_coco_decode(compressed), height, width)
 
 
@@ -218,12 +272,52 @@ def polygon_to_mask(polygons: Sequence, height: int, width: int) -> np.ndarray:
             raise MaskError(f"polygon {index} must be a flat list of numbers x0, y0, x1, y1, ...") from None
         if len(coords) < 6 or len(coords) % 2 or not all(math.isfinite(v) for v in coords):
             raise MaskError(
-                f"polygon {index} must be a flat list of at least 3 finite (x, y) points, "
-                f"got {len(coords)} values"
+                f"polygon {index} must be a flat list of at least 3 finite (x, y) points, got {len(coords)} values"
             )
-        checked.append(coords)
+        checked.append(_clip_polygon(coords, height, width))
+    checked = [coords for coords in checked if len(coords) >= 6]
+    if not checked:  # every polygon lies outside the image
+        return np.zeros((height, width), dtype=bool)
     rles = coco_mask.frPyObjects(checked, height, width)
     return _coco_decode(coco_mask.merge(rles))
+
+
+def _clip_polygon(coords: list[float], height: int, width: int) -> list[float]:
+    """The polygon cut to a box a margin around the image (Sutherland-Hodgman; the box is convex, so the cut is
+    exactly the polygon's part inside it), unchanged when it already lies inside.
+
+    pycocotools rasterises every edge at 5x resolution, whatever its length: huge coordinates cost time and
+    memory in proportion (and crash it). The pixels inside the image are the same, up to pycocotools' rounding
+    of the cut points to 1/5 px (the box reaches 8 image sides out, so that rounding barely tilts an edge).
+    """
+    margin = 8 * max(height, width)
+    low_x, high_x, low_y, high_y = -margin, width + margin, -margin, height + margin
+    xs, ys = coords[0::2], coords[1::2]
+    if min(xs) >= low_x and max(xs) <= high_x and min(ys) >= low_y and max(ys) <= high_y:
+        return coords
+    points = list(zip(xs, ys, strict=True))
+    for axis, bound, keep_below in ((0, low_x, False), (0, high_x, True), (1, low_y, False), (1, high_y, True)):
+        if not points:
+            break
+
+        def inside(point, axis=axis, bound=bound, keep_below=keep_below):
+            return point[axis] <= bound if keep_below else point[axis] >= bound
+
+        clipped = []
+        for index, current in enumerate(points):
+            previous = points[index - 1]
+            if inside(current) != inside(previous):
+                # From the end nearer the bound: the far one may be 1e30 away, and the difference would vanish.
+                near, far = sorted((previous, current), key=lambda point: abs(point[axis] - bound))
+                slope = (far[1 - axis] - near[1 - axis]) / (far[axis] - near[axis])
+                other = near[1 - axis] + (bound - near[axis]) * slope
+                if not math.isfinite(other):
+                    raise MaskError("polygon coordinates too large to cut to the image")
+                clipped.append((bound, other) if axis == 0 else (other, bound))
+            if inside(current):
+                clipped.append(current)
+        points = clipped
+    return [value for point in points for value in point]
 
 
 def box_to_mask(box_xyxy: Sequence[float], height: int, width: int) -> np.ndarray:
@@ -234,9 +328,7 @@ def box_to_mask(box_xyxy: Sequence[float], height: int, width: int) -> np.ndarra
     except (TypeError, ValueError):
         raise MaskError(f"a box must be 4 numbers (x0, y0, x1, y1), got {box_xyxy!r}") from None
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-        raise MaskError(
-            f"a box (x0, y0, x1, y1) needs finite values with x1 > x0 and y1 > y0, got {box_xyxy!r}"
-        )
+        raise MaskError(f"a box (x0, y0, x1, y1) needs finite values with x1 > x0 and y1 > y0, got {box_xyxy!r}")
     mask = np.zeros((height, width), dtype=bool)
     rows = slice(max(math.floor(y0), 0), max(min(math.ceil(y1), height), 0))
     cols = slice(max(math.floor(x0), 0), max(min(math.ceil(x1), width), 0))
@@ -307,23 +399,64 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 # Universal loader -------------------------------------------------------------------------------
 
 
+GRAY_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F")
+
+
 def _from_image(image: Image.Image) -> np.ndarray:
-    if image.mode in ("1", "L", "P", "I", "I;16", "F"):
-        # Palette images are read by index (an annotation PNG's index 0 is the background).
+    check_pixels(image.height, image.width, "mask image")
+    if image.mode in GRAY_MODES:
+        # Palette images are read by index (an annotation PNG's index 0 is the background); 16-bit grey by value.
         return _as_bool(np.asarray(image))
     return np.asarray(image.convert("RGB")).any(axis=2)
 
 
-def _from_path(path: Path, root: str | Path | None) -> np.ndarray:
+def _sixteen_bit_colour(image: Image.Image) -> bool:
+    """A 16-bit-per-channel colour PNG, which Pillow reads as 8 bits by dropping each value's low byte."""
+    return any(str(tile[3] if len(tile) > 3 else "").split(";")[-1:] == ["16B"] for tile in image.tile) and (
+        image.mode not in GRAY_MODES
+    )
+
+
+def _from_path(
+    path: Path, root: str | Path | None, height: int | None = None, width: int | None = None, contain: bool = False
+) -> np.ndarray:
     if root is not None and not path.is_absolute():
         path = Path(root) / path
+    if contain and root is not None:
+        path = inside_folder(path, root, "mask")
     if not path.is_file():
         raise MaskError(f"mask file not found: {path}")
     try:
         with Image.open(path) as image:
+            # The header's size, before any pixel is decoded.
+            check_pixels(image.height, image.width, f"mask image {path}")
+            _check_shape(np.empty((image.height, image.width, 0), bool), height, width)
+            if _sixteen_bit_colour(image):
+                raise MaskError(
+                    f"mask image {path} is a 16-bit colour PNG, which would lose each value's low byte: "
+                    "save the mask as 8-bit or as 16-bit greyscale"
+                )
             return _from_image(image)
-    except OSError as err:
+    except Image.DecompressionBombError as err:
+        raise MaskError(f"mask image {path} is too large: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, MaskError):
+            raise
         raise MaskError(f"cannot read mask image {path}: {err}") from None
+
+
+def inside_folder(path: str | Path, folder: str | Path, what: str = "file") -> Path:
+    """``path`` (relative to ``folder`` unless absolute) when it stays inside ``folder`` once ``..`` and symlinks
+    are resolved; ``MaskError`` otherwise. Data files name their images and masks inside their data folder."""
+    folder = Path(folder)
+    candidate = Path(path) if Path(path).is_absolute() else folder / path
+    resolved, base = candidate.resolve(), folder.resolve()
+    if not resolved.is_relative_to(base):
+        raise MaskError(
+            f"the {what} path {str(path)!r} leads outside the data folder {str(folder)!r} (to {resolved}); "
+            "data paths stay inside it unless allowed (see README: allow_outside_data_folder)"
+        )
+    return candidate
 
 
 def is_mask_path(value: str) -> bool:
@@ -338,6 +471,7 @@ def load_mask(
     width: int | None = None,
     root: str | Path | None = None,
     allow_empty: bool = False,
+    contain: bool = False,
 ) -> np.ndarray:
     """Decode a mask given in any supported format -> bool [height, width].
 
@@ -345,27 +479,27 @@ def load_mask(
     a COCO RLE dict; a COCO annotation dict (its ``segmentation`` is used); a box dict
     ``{"bbox": [x0, y0, x1, y1]}`` (corners, not COCO's x, y, w, h); a polygon list; or a path to an
     image file (relative to ``root``). Formats without their own size need ``height`` and ``width``;
-    for the others they are checked when given. An empty mask raises unless ``allow_empty``.
+    for the others they are checked when given (before decoding). An empty mask raises unless ``allow_empty``.
+    ``contain``: a path must stay inside ``root`` (``inside_folder``).
     """
     if isinstance(value, Image.Image):
+        _check_shape(np.empty((value.height, value.width, 0), bool), height, width)
         mask = _from_image(value)
     elif isinstance(value, np.ndarray):
         mask = _as_bool(value)
     elif isinstance(value, Path) or isinstance(value, str) and is_mask_path(value):
-        mask = _from_path(Path(value), root)
+        mask = _from_path(Path(value), root, height, width, contain)
     elif isinstance(value, (str, bytes)):
         mask = decode_compositioncap(value, height, width)
     elif isinstance(value, dict):
         if "segmentation" in value:
-            return load_mask(value["segmentation"], height, width, root, allow_empty)
+            return load_mask(value["segmentation"], height, width, root, allow_empty, contain)
         if "counts" in value:
             mask = decode_rle(value, height, width)
         elif "bbox" in value:
             mask = box_to_mask(value["bbox"], *_check_size(height, width))
         else:
-            raise MaskError(
-                f"a mask dict needs 'counts' (RLE), 'bbox' or 'segmentation', got keys {sorted(value)}"
-            )
+            raise MaskError(f"a mask dict needs 'counts' (RLE), 'bbox' or 'segmentation', got keys {sorted(value)}")
     elif isinstance(value, (list, tuple)):
         mask = polygon_to_mask(value, *_check_size(height, width))
     else:

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .conversation import IMAGE_TOKEN
+from .conversation import IMAGE_TOKEN, escape_special_tokens
 
 
 class FineCaptionProcessor(ProcessorMixin):
@@ -74,9 +74,37 @@ class FineCaptionProcessor(ProcessorMixin):
         text_inputs = self.tokenizer(expanded, return_tensors=return_tensors, **tokenizer_kwargs)
         return BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """The chat template's prompt, with every special-token string in the messages' text made plain text
+        (`conversation.escape_special_tokens`): special tokens come from the template only, as in training."""
+        return super().apply_chat_template(_escaped(conversation, self.tokenizer), chat_template, **kwargs)
+
     @property
     def model_input_names(self) -> list[str]:
         return list(dict.fromkeys(self.tokenizer.model_input_names + self.image_processor.model_input_names))
+
+
+def _escaped(conversation, tokenizer):
+    """A copy of the messages (one conversation or a batch) with their text escaped; other values kept."""
+    if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
+        return [_escaped(messages, tokenizer) for messages in conversation]
+    out = []
+    for message in conversation:
+        if not isinstance(message, dict):
+            out.append(message)
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            content = escape_special_tokens(content, tokenizer)
+        elif isinstance(content, (list, tuple)):
+            content = [
+                {**item, "text": escape_special_tokens(item["text"], tokenizer)}
+                if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str)
+                else item
+                for item in content
+            ]
+        out.append({**message, "content": content})
+    return out
 
 
 __all__ = ["FineCaptionProcessor"]

@@ -15,7 +15,10 @@ A run restarted with the same ``--output_dir`` resumes from its last complete ch
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,13 +39,50 @@ def parse_args(argv: Sequence[str] | None):
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` was written (Trainer writes it last)."""
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` was written in full (Trainer writes it last).
+
+    A checkpoint whose state file is missing, truncated or not JSON (a kill or a full disk during the save) is
+    passed over, with a warning, for the one before it.
+    """
     steps = []
     for path in Path(output_dir).glob("checkpoint-*"):
         step = path.name.removeprefix("checkpoint-")
         if step.isdigit() and (path / TRAINER_STATE).is_file():
             steps.append((int(step), path))
-    return max(steps)[1] if steps else None
+    for _, path in sorted(steps, reverse=True):
+        try:
+            state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            logger.warning("%s: %s is incomplete (%s): resuming from an earlier checkpoint", path, TRAINER_STATE, error)
+            continue
+        if isinstance(state, dict) and "global_step" in state:
+            return path
+        logger.warning("%s: %s holds no global_step: resuming from an earlier checkpoint", path, TRAINER_STATE)
+    return None
+
+
+class DiskFullError(OSError):
+    """The disk filled up while the run wrote a checkpoint or its outputs."""
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or its cause) is a failed write for want of space: ENOSPC, or torch's serializer's
+    "file write failed", which never says why."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, RuntimeError) and ("file write failed" in str(error) or "No space left" in str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_space(path: str | Path) -> str:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return f"{shutil.disk_usage(path).free / 2**20:.0f} MiB free"
+    except OSError:
+        return "free space unknown"
 
 
 def compute_dtype(training_args):
@@ -171,11 +211,17 @@ def train(model_args, data_args, training_args):
     parts = trained_parts(model_args, training_args)
     if not data_args.data_path:
         raise ValueError("--data_path is required")
+    # Every record, image and mask is checked before anything loads: a bad one is named now, not at its step.
+    samples = build_samples(
+        read_records(data_args.data_path),
+        template,
+        data_args.image_folder,
+        allow_outside=data_args.allow_outside_data_folder,
+    )
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path, cache_dir=training_args.cache_dir
     )
     processor.image_processor.aspect_ratio = IMAGE_ASPECT_RATIOS[data_args.image_aspect_ratio]
-    samples = build_samples(read_records(data_args.data_path), template, data_args.image_folder)
     dataset = SupervisedDataset(
         samples, processor, template, data_args.image_folder, training_args.model_max_length
     )
@@ -186,9 +232,13 @@ def train(model_args, data_args, training_args):
     model.config.use_cache = False
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, model_args.pretrain_mm_mlp_adapter)
-    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+    # transformers 5.x names it activation checkpointing (TrainingArguments maps LLaVA's --gradient_checkpointing);
+    # the Trainer reads the new name, and reading or writing the old one warns.
+    new_name = hasattr(training_args, "activation_checkpointing")
+    checkpointing = "activation_checkpointing" if new_name else "gradient_checkpointing"
+    if getattr(training_args, checkpointing) and getattr(training_args, f"{checkpointing}_kwargs") is None:
         # Non-reentrant checkpointing needs no input gradients through the frozen embeddings.
-        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        setattr(training_args, f"{checkpointing}_kwargs", {"use_reentrant": False})
     resume = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
     # A LoRA checkpoint saved before modules_to_save holds the fully trained parts only in LLaVA's file (its
     # adapter has the LoRA layers alone, which peft cannot load beside modules_to_save): such a run goes on in
@@ -217,21 +267,43 @@ def train(model_args, data_args, training_args):
         if old_layout and not training_args.deepspeed:
             # (DeepSpeed's own checkpoint holds every trained weight, partitioned, and restores them.)
             load_non_lora_trainables(model, Path(resume) / NON_LORA_FILE)
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    trainer.save_state()
-    trainer.save_model(training_args.output_dir)
-    if training_args.should_save:
-        processor.save_pretrained(training_args.output_dir)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        trainer.save_state()
+        trainer.save_model(training_args.output_dir)
+        if training_args.should_save:
+            processor.save_pretrained(training_args.output_dir)
+    except (OSError, RuntimeError) as error:
+        if not _disk_full(error):
+            raise
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"no space left on device while writing to {training_args.output_dir} "
+            f"({_free_space(training_args.output_dir)}): free some space (or use --save_total_limit) and run the "
+            "same command again; it resumes from the last complete checkpoint",
+        ) from error
     return trainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``finecaption train``: 0 when the run finished; 2 for bad training data (the record and field named on
+    stderr, no traceback); 1 when the disk filled up."""
+    from finecaption_plugin.conversation import ConversationError
+    from finecaption_plugin.data import DataError
+
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
-    train(model_args, data_args, training_args)
+    try:
+        train(model_args, data_args, training_args)
+    except (DataError, ConversationError) as error:
+        print(f"finecaption train: error: {error}", file=sys.stderr)
+        return 2
+    except DiskFullError as error:
+        print(f"finecaption train: error: {error.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,9 +9,29 @@ accepted so that LLaVA scripts run unchanged; FineCaption reads the architecture
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import transformers
+
+logger = logging.getLogger(__name__)
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU (CUDA/ROCm, XPU, NPU, MPS) or a TPU to train on."""
+    import torch
+    from transformers.utils import is_torch_npu_available, is_torch_xla_available
+
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return bool(
+        torch.cuda.is_available()
+        or (xpu is not None and xpu.is_available())
+        or (mps is not None and mps.is_available())
+        or is_torch_npu_available()
+        or is_torch_xla_available()
+    )
+
 
 # LLaVA's --image_aspect_ratio values and the FineCaptionImageProcessor aspect_ratio each one means
 # (LLaVA's "square" stretches the image to a square; "pad" pads it with the mean colour).
@@ -65,6 +85,12 @@ class DataArguments:
     )
     image_folder: str | None = field(default=None, metadata={"help": "root of relative image and mask paths"})
     image_aspect_ratio: str = field(default="square", metadata={"help": "square (stretch) or pad"})
+    allow_outside_data_folder: bool = field(
+        default=False,
+        metadata={
+            "help": "let image and mask paths leave --image_folder (absolute, '..', symlinks); refused by default"
+        },
+    )
     lazy_preprocess: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts; always lazy"})
     is_multimodal: bool = field(default=True, metadata={"help": "accepted for LLaVA scripts"})
 
@@ -117,6 +143,18 @@ class TrainingArguments(transformers.TrainingArguments):
             )
         if self.lora_bias not in ("none", "all", "lora_only"):
             raise ValueError(f"--lora_bias must be none, all or lora_only, got {self.lora_bias!r}")
+        # LLaVA scripts pass --gradient_checkpointing, which transformers 5 renamed: take it as the new name, so the
+        # run does not warn about a flag the user copied from LLaVA.
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if getattr(self, new, None) is None and getattr(self, old, None) is not None and hasattr(self, new):
+                setattr(self, new, getattr(self, old))
+        if not self.use_cpu and not _has_accelerator():
+            # Without this, --bf16 on a CPU-only machine stops with "You need to assign use_cpu".
+            logger.info("no GPU found: training on the CPU (as with --use_cpu True)")
+            self.use_cpu = True
         super().__post_init__()
 
 

@@ -238,27 +238,29 @@ def test_bad_records_are_named_when_read(processor, image_folder, record, messag
         ({"mask": "empty_mask.png"}, r"record 0 \('id' bad\): field 'mask': .*empty"),
     ],
 )
-def test_unreadable_masks_are_named_when_loaded(processor, image_folder, fields, message):
+def test_unreadable_masks_are_named_when_read(processor, image_folder, fields, message):
     Image.fromarray(np.full((32, 48), 255, np.uint8)).save(image_folder / "small_mask.png")
     Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(image_folder / "empty_mask.png")
-    dataset = _dataset(
-        [{"id": "bad", "image": "a.png", "conversations": _conversation(), **fields}], processor, image_folder
-    )
+    records = [{"id": "bad", "image": "a.png", "conversations": _conversation(), **fields}]
+    with pytest.raises(DataError, match=message):  # every mask is decoded when the file is read
+        _dataset(records, processor, image_folder)
+    template = get_template("llama3")  # and, unchecked, when the sample is loaded
+    dataset = SupervisedDataset(build_samples(records, template, image_folder, check_files=False),
+                                processor, template, image_folder, 512)  # fmt: skip
     with pytest.raises(DataError, match=message):
         dataset[0]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_unreadable_images_are_named_when_loaded(processor, image_folder, damage, monkeypatch):
+def test_unreadable_images_are_named_when_read(processor, image_folder, damage, monkeypatch):
     from PIL import ImageFile
 
     # lmms-eval, once imported, lets PIL load truncated images for the whole process; training does not.
-    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     data = (image_folder / "a.png").read_bytes()
     (image_folder / "b.png").write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not an image")
-    dataset = _dataset([{"id": "bad", "image": "b.png", "conversations": _conversation()}], processor, image_folder)
     with pytest.raises(DataError, match=r"record 0 \('id' bad\): field 'image': cannot read b.png"):
-        dataset[0]
+        _dataset([{"id": "bad", "image": "b.png", "conversations": _conversation()}], processor, image_folder)
 
 
 def test_truncation_that_drops_the_answer_is_an_error(processor, image_folder):

@@ -146,7 +146,7 @@ def test_rle_bad_counts(counts, message):
 
 def test_rle_size_checks():
     rle = encode_rle(random_mask())
-    with pytest.raises(MaskError, match="mask is 37x53 \\(height x width\\), expected 40x53"):
+    with pytest.raises(MaskError, match="the RLE's 'size' is 37x53 \\(height x width\\), expected 40x53"):
         decode_rle(rle, 40, 53)
     with pytest.raises(MaskError, match="'size'"):
         decode_rle({"counts": rle["counts"]})

@@ -78,7 +78,7 @@ def test_reads_lmms_eval_samples_log(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [
-        ("{not json", r"line 2: not JSON"),
+        ("{not json", r"line 2, column 2: not JSON"),
         ({"prediction": "a cat"}, r"line 2, record 1: field 'references': expected a non-empty list"),
         ({"prediction": 7, "references": ["a"]}, r"line 2, record 1: field 'prediction': expected a string"),
         ({"answer": "a"}, r"line 2: neither 'prediction' nor lmms-eval's 'filtered_resps'"),

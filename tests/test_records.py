@@ -22,7 +22,7 @@ def test_jsonl_records_keep_their_line_numbers(tmp_path: Path):
     path.write_text('{"id": 1}\n\n{"id": 2}\n')
     assert read_records(path) == [(1, {"id": 1}), (3, {"id": 2})]
     path.write_text('{"id": 1}\n{not json\n')
-    with pytest.raises(CompositionCapError, match=r"^line 2: not JSON"):
+    with pytest.raises(CompositionCapError, match=r"^line 2, column 2: not JSON"):
         read_records(path)
     path.write_text('{"id": 1}\n[1]\n')
     with pytest.raises(CompositionCapError, match=r"^line 2: expected a JSON object, got list"):
