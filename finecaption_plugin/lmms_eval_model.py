@@ -22,13 +22,20 @@ plain path.
 back in request order. With ``share_regions`` a batch holds whole images: images are added while it
 holds at most N requests, and an image with more requests is a batch of its own.
 Under ``torchrun``/``accelerate launch`` each process takes its share.
+``answers_cache=DIR``: every answer is appended to ``DIR/answers-rank<R>.jsonl`` (flushed and synced) as soon
+as its batch is decoded, keyed by the request (task, split, doc id, prompt, generation settings) and the model
+settings that change answers; a run given the same ``DIR`` again answers from it what it holds and generates
+only the rest, so a run killed part-way resumes without redoing finished answers (lmms-eval's own
+``--use_cache`` stores a process's answers only once all of them are done). Failed answers are not kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +80,7 @@ class FineCaption(lmms):
         use_cache: bool = True,
         on_error: str = "skip",
         share_regions: bool = True,
+        answers_cache: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -123,6 +131,17 @@ class FineCaption(lmms):
         self.on_error = on_error
         self.share_regions = bool(share_regions)
         self._region_work = RegionWork()
+        self.answers_cache = None
+        if answers_cache:
+            settings = {
+                "pretrained": str(Path(pretrained).resolve()),
+                "dtype": dtype,
+                "bits": bits,
+                "max_new_tokens": self.max_new_tokens,
+                "system_prompt": self.system_prompt,
+                "class": type(self).__name__,
+            }
+            self.answers_cache = AnswerCache(answers_cache, settings, self._rank)
         logger.info(
             "FineCaption from %s on %s (rank %d of %d)",
             pretrained,
@@ -292,6 +311,27 @@ class FineCaption(lmms):
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         arguments = [request.args for request in requests]
+        if self.answers_cache is None:
+            return self._generate_all(arguments)
+        cache, index = self.answers_cache, self._gen_kwargs_index
+        keys = [cache.key(args[-2], args[-1], args[-3], args[0], args[index]) for args in arguments]
+        answers = [cache.get(key) for key in keys]
+        missing = [position for position, answer in enumerate(answers) if answer is None]
+        logger.info(
+            "finecaption answers_cache %s: %d of %d answers kept from an earlier run, %d to generate",
+            cache.folder, len(arguments) - len(missing), len(arguments), len(missing),
+        )  # fmt: skip
+        if missing:
+            generated = self._generate_all([arguments[position] for position in missing])
+            for position, answer in zip(missing, generated, strict=True):
+                answers[position] = answer
+        for position, args in enumerate(arguments):  # lmms-eval's own cache, as for generated answers
+            if position not in missing:
+                self.cache_hook.add_partial("generate_until", (args[0], args[index]), answers[position])
+        return answers
+
+    def _generate_all(self, arguments: list[tuple]) -> list[str]:
+        """Answers to every request, in request order; each batch's answers go to ``answers_cache`` as they come."""
         index = self._gen_kwargs_index
         if self.share_regions:
             self._region_work = type(self._region_work)()
@@ -315,6 +355,10 @@ class FineCaption(lmms):
                     failed += 1
                 else:
                     self.cache_hook.add_partial("generate_until", (args[0], args[index]), answer)
+                    if self.answers_cache is not None:
+                        self.answers_cache.put(
+                            self.answers_cache.key(args[-2], args[-1], args[-3], args[0], args[index]), answer
+                        )
             answers.extend("" if answer is None else answer for answer in batch_answers)
             progress.update(len(batch))
         progress.close()
@@ -353,7 +397,10 @@ class FineCaption(lmms):
                 continuation = continuation(self.task_dict[task][split][doc_id])
             simple_args = (context, None, doc_to_visual, doc_id, task, split)
             inputs = self._encode(*self._inputs([simple_args], parse=self._simple_request_messages))
-            target = self.tokenizer(continuation, add_special_tokens=False, return_tensors="pt").input_ids
+            # The continuation is text: a special-token string in it is not a control token.
+            target = self.tokenizer(
+                continuation, add_special_tokens=False, split_special_tokens=True, return_tensors="pt"
+            ).input_ids
             target = target.to(self.device)
             prompt_length = inputs["input_ids"].shape[1]
             inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
@@ -381,6 +428,58 @@ class FineCaptionChat(FineCaption):
         if videos or audios:
             raise ValueError(f"finecaption takes images and text only (task {task!r}, doc {doc_id})")
         return chat.to_hf_messages(), images
+
+
+class AnswerCache:
+    """Answers on disk, written as they are made: ``FOLDER/answers-rank<R>.jsonl``, one JSON line each
+    ``{"key", "model", "answer"}``, flushed and synced per batch.
+
+    ``key`` names the request, ``model`` the settings that change answers (a hash of ``settings``); on start
+    every ``answers-*.jsonl`` of the folder is read (any rank, any earlier number of processes), keeping the
+    answers of the same settings. A line cut by a kill is skipped.
+    """
+
+    def __init__(self, folder: str | Path, settings: dict, rank: int = 0) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.file = (self.folder / f"answers-rank{rank}.jsonl").open("a", encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"answers_cache={str(folder)!r} cannot be written: {error}") from None
+        self.model = _digest(settings)
+        self.answers: dict[str, str] = {}
+        other = 0
+        for path in sorted(self.folder.glob("answers-*.jsonl")):
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # the last line of a killed run
+                if not isinstance(entry, dict) or not isinstance(entry.get("answer"), str):
+                    continue
+                if entry.get("model") == self.model:
+                    self.answers[entry.get("key")] = entry["answer"]
+                else:
+                    other += 1
+        if other:
+            logger.warning("answers_cache %s: %d answers of other model settings are not used", self.folder, other)
+
+    @staticmethod
+    def key(task: str, split: str, doc_id: Any, context: str, gen_kwargs: Any) -> str:
+        return _digest([task, split, doc_id, context, gen_kwargs])
+
+    def get(self, key: str) -> str | None:
+        return self.answers.get(key)
+
+    def put(self, key: str, answer: str) -> None:
+        self.answers[key] = answer
+        self.file.write(json.dumps({"key": key, "model": self.model, "answer": answer}, ensure_ascii=False) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _release_memory(error: Exception) -> None:

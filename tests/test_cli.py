@@ -68,3 +68,21 @@ def test_visual_prompts_demo_as_a_module(tmp_path):
     """``python -m finecaption_plugin.visual_prompts --demo OUTDIR`` (README) answers through the CLI."""
     subprocess.run([sys.executable, "-m", "finecaption_plugin.visual_prompts", "--demo", str(tmp_path)], check=True)
     assert (tmp_path / "mask.png").is_file() and (tmp_path / "prompts.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"image": "a.png", "height": 4, "width": 4}\n{"image": "b.png",\n', r"line 2, column 19: not JSON"),
+        ('{"image": "a.png", "height": 4, "width": 4, "entities": ["car"]}\n', r"line 1: .*field 'entities\[0\]'"),
+    ],
+)
+def test_compositioncap_convert_names_the_bad_line_and_exits_2(tmp_path, capsys, text, message):
+    import re
+
+    source = tmp_path / "nested.jsonl"
+    source.write_text(text)
+    assert main(["compositioncap-convert", str(source), str(tmp_path / "flat.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"finecaption: error: {source}: ") and re.search(message, error)
+    assert "Traceback" not in error and not (tmp_path / "flat.jsonl").exists()

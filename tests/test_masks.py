@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from bounded import png_16bit, png_header_only, run_bounded
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -305,3 +306,146 @@ def test_load_mask_errors(tmp_path, mask):
         load_mask(3)
     with pytest.raises(MaskError, match="2-D"):
         load_mask(np.ones((2, 3, 3)))
+
+
+# Hostile input (issue 12): sizes checked before anything is allocated, in bounded memory and time.
+
+
+def rle_string(runs: list[int]) -> str:
+    """COCO's compressed RLE string of ``runs`` (pycocotools' rleToString)."""
+    out = []
+    for index, value in enumerate(runs):
+        if index > 2:
+            value -= runs[index - 2]
+        more = True
+        while more:
+            code = value & 0x1F
+            value >>= 5
+            more = value != -1 if code & 0x10 else value != 0
+            out.append(chr((code | 0x20 if more else code) + 48))
+    return "".join(out)
+
+
+SETUP_MASKS = "from finecaption_plugin.masks import MaskError, decode_rle, load_mask, polygon_to_mask"
+
+
+def test_a_polygon_with_huge_coordinates_is_cut_to_the_image_in_bounded_memory():
+    # Before: 1e30 crashed pycocotools (segfault); 1e8 took 12.6 GB and 106 s.
+    for far in ("1e30", "1e8"):
+        done = run_bounded(
+            SETUP_MASKS,
+            f"mask = polygon_to_mask([[0, 0, {far}, 0, {far}, {far}]], 40, 60)\nprint(int(mask.sum()))",
+            extra_mb=64,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        # The same pixels as the polygon drawn with the diagonal kept inside reach: the triangle above y = x.
+        assert int(done.stdout) == int(polygon_to_mask([[0, 0, 1000, 0, 1000, 1000]], 40, 60).sum()) > 0
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_cutting_a_polygon_keeps_the_pixels_inside_the_image():
+    rng = np.random.default_rng(1)
+    differing = 0
+    for _ in range(50):
+        coords = rng.uniform(-300, 400, size=10).tolist()  # reaching beyond the cut box for a 40x60 image
+        ours = polygon_to_mask([coords], 40, 60)
+        theirs = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects([coords], 40, 60))) > 0
+        differing += int((ours != theirs).sum())
+    assert differing <= 50 * 2  # pycocotools rounds the cut points to 1/5 px: at most a boundary pixel or two
+
+
+def test_an_rle_size_is_checked_before_decoding_in_bounded_memory():
+    # 7 characters whose size says 20000x20000 (400 MB once decoded); before, 763 MB went before the check.
+    counts = rle_string([20000 * 20000])
+    assert len(counts) <= 7
+    body = f"""
+for rle, expected in (({{"size": [20000, 20000], "counts": {counts!r}}}, (40, 60)),
+                      ({{"size": [20000, 20000], "counts": {counts!r}}}, (None, None)),
+                      ({{"size": [70000, 70000], "counts": "0"}}, (None, None))):
+    try:
+        decode_rle(rle, *expected)
+    except MaskError as error:
+        print(type(error).__name__, error)
+"""
+    done = run_bounded(SETUP_MASKS, body, extra_mb=64, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "MaskError the RLE's 'size' is 20000x20000 (height x width), expected 40x60"
+    assert lines[1].startswith("MaskError mask is 20000x20000 (height x width) = 400000000 pixels, over the limit")
+    assert "70000x70000" in lines[2] and "FINECAPTION_MAX_PIXELS" in lines[2]
+
+
+@pytest.mark.parametrize("size", [[4.0, 5.0], ["4", 5], [4, True], [4], "4x5", None])
+def test_an_rle_size_must_be_two_integers(size):
+    rle = encode_rle(np.ones((4, 5), bool))
+    with pytest.raises(MaskError, match=r"'size'"):
+        decode_rle({"size": size, "counts": rle["counts"]})
+
+
+def test_the_pixel_limit_is_documented_and_can_be_raised(monkeypatch):
+    from finecaption_plugin.masks import MAX_PIXELS, max_pixels
+
+    assert max_pixels() == MAX_PIXELS == 8192 * 8192
+    monkeypatch.setenv("FINECAPTION_MAX_PIXELS", "100")
+    with pytest.raises(MaskError, match=r"= 200 pixels, over the limit of 100"):
+        box_to_mask((0, 0, 4, 4), 10, 20)
+    monkeypatch.setenv("FINECAPTION_MAX_PIXELS", "lots")
+    with pytest.raises(MaskError, match="FINECAPTION_MAX_PIXELS"):
+        max_pixels()
+
+
+@pytest.mark.parametrize("tail", [b"trailing bytes", gzip.compress(b"")], ids=["trailing", "second-member"])
+def test_a_gzip_stream_must_hold_one_member_and_nothing_after(tail):
+    raw = np.ones((4, 5), np.uint8).tobytes()
+    value = base64.b64encode(gzip.compress(raw) + tail).decode()
+    with pytest.raises(MaskError, match=r"bytes follow the end of the gzip stream"):
+        decode_compositioncap(value, 4, 5)
+
+
+def test_a_mask_png_is_checked_from_its_header_in_bounded_memory(tmp_path):
+    # Over Pillow's own limit (a raw DecompressionBombError before), over ours, and of the wrong size: each is
+    # refused from the header, before the canvas (up to 400 MB) is allocated.
+    for name, (width, height) in {"bomb": (20000, 20000), "large": (9000, 9000), "wrong": (8000, 8000)}.items():
+        (tmp_path / f"{name}.png").write_bytes(png_header_only(width, height))
+    body = f"""
+for name in ("bomb", "large", "wrong"):
+    try:
+        load_mask(name + ".png", 40, 60, root={str(tmp_path)!r})
+    except MaskError as error:
+        print(name, type(error).__name__, error)
+"""
+    done = run_bounded(SETUP_MASKS, body, extra_mb=48, timeout=30)
+    assert done.returncode == 0, done.stderr
+    bomb, large, wrong = done.stdout.splitlines()
+    assert bomb.startswith("bomb MaskError mask image") and "too large" in bomb
+    assert large.startswith("large MaskError mask image") and "over the limit" in large
+    assert wrong.startswith("wrong MaskError mask is 8000x8000 (height x width), expected 40x60")
+
+
+def test_a_16_bit_png_mask_is_read_by_value_not_saturated(tmp_path):
+    grey = np.zeros((4, 5), np.uint16)
+    grey[1:3, 1:3] = 1  # a 16-bit label image: 1 inside
+    (tmp_path / "grey.png").write_bytes(png_16bit(grey))
+    expected = grey > 0
+    assert np.array_equal(load_mask("grey.png", 4, 5, root=tmp_path), expected)
+    grey[grey == 0] = 0
+    grey[1:3, 1:3] = 65535
+    (tmp_path / "white.png").write_bytes(png_16bit(grey))
+    assert np.array_equal(load_mask("white.png", 4, 5, root=tmp_path), expected)
+    # 16-bit colour: Pillow keeps each value's high byte only (1 would read as 0): refused, saying why.
+    (tmp_path / "rgb.png").write_bytes(png_16bit(np.stack([grey // 65535] * 3, axis=-1)))
+    with pytest.raises(MaskError, match="16-bit colour PNG"):
+        load_mask("rgb.png", 4, 5, root=tmp_path)
+
+
+def test_a_mask_path_stays_inside_its_folder(tmp_path, mask):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(outside / "m.png")
+    (data / "link.png").symlink_to(outside / "m.png")
+    for value in ("../outside/m.png", str(outside / "m.png"), "link.png"):
+        with pytest.raises(MaskError, match=r"the mask path .* leads outside the data folder"):
+            load_mask(value, 20, 30, root=data, contain=True)
+        assert load_mask(value, 20, 30, root=data).sum() == mask.sum()  # the library default reads it

@@ -37,35 +37,107 @@ def score_file(
 ) -> int:
     """Score the samples of ``path``, print the table, write the JSON (default: ``FILE.scores.json``).
 
-    Returns the exit status: 0, or 2 after printing the error (naming the file and line) to stderr.
+    The output is opened (and a little written to it) before any scoring, so a read-only folder or a full
+    disk is found first; the table is printed before the JSON is written, so a failed write loses nothing
+    on screen, and leaves no partial file.
+
+    Returns the exit status: 0; 2 after printing an input error (naming the file and line, or the output) to
+    stderr; 1 when the JSON could not be written after scoring (the table is printed).
     """
     from .java import JavaNotFoundError
-    from .scores import CaptionInputError, caption_scores
+    from .scores import CaptionInputError, caption_scores, resolve_metric_names
 
     path = Path(path)
     output = Path(output) if output else path.with_name(path.name.removesuffix(".jsonl") + ".scores.json")
     try:
-        line_numbers, predictions, references, groups = read_samples(path, group_field)
-        result = caption_scores(
-            predictions,
-            references,
-            metrics=metrics,
-            groups=groups,
-            bertscore_model=bertscore_model,
-            bertscore_layer=bertscore_layer,
-            device=device,
-        )
-    except CaptionInputError as error:
-        where = f" line {line_numbers[error.record]}," if error.record is not None else ""
-        print(f"finecaption score: {path}:{where} {error}", file=sys.stderr)
+        chosen = resolve_metric_names(metrics)
+    except ValueError as error:
+        print(f"finecaption score: {error}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, JavaNotFoundError) as error:
-        print(f"finecaption score: {path}: {error}", file=sys.stderr)
+    if "BERTScore" not in chosen and (bertscore_model is not None or bertscore_layer is not None):
+        flags = " and ".join(
+            flag for flag, value in (("--bertscore-model", bertscore_model), ("--bertscore-layer", bertscore_layer))
+            if value is not None
+        )  # fmt: skip
+        print(f"finecaption score: {flags} given, but BERTScore is not among --metrics", file=sys.stderr)
         return 2
-    write_json(result, output)
-    print(format_table(result))
+    try:
+        target = OutputFile(output)
+    except OSError as error:
+        print(f"finecaption score: cannot write {output}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    with target:
+        try:
+            line_numbers, predictions, references, groups = read_samples(path, group_field)
+            result = caption_scores(
+                predictions,
+                references,
+                metrics=metrics,
+                groups=groups,
+                bertscore_model=bertscore_model,
+                bertscore_layer=bertscore_layer,
+                device=device,
+            )
+        except CaptionInputError as error:
+            where = f" line {line_numbers[error.record]}," if error.record is not None else ""
+            print(f"finecaption score: {path}:{where} {error}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, JavaNotFoundError) as error:
+            print(f"finecaption score: {path}: {error}", file=sys.stderr)
+            return 2
+        print(format_table(result), flush=True)
+        try:
+            target.write(result)
+        except OSError as error:
+            print(f"finecaption score: cannot write {output}: {error.strerror or error}", file=sys.stderr)
+            return 1
     print(f"wrote {output}")
     return 0
+
+
+class OutputFile:
+    """The JSON output, written atomically: a temporary file beside it, opened (and ``PROBE_BYTES`` written and
+    synced, so a full disk shows) when made, renamed over ``output`` by ``write``; removed unless written."""
+
+    PROBE_BYTES = 64 * 1024
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        output.parent.mkdir(parents=True, exist_ok=True)
+        handle, self.partial = tempfile.mkstemp(dir=output.parent, prefix=output.name, suffix=".partial")
+        self.file = os.fdopen(handle, "w+", encoding="utf-8")
+        self.done = False
+        try:
+            self.file.write(" " * self.PROBE_BYTES)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.seek(0)
+            self.file.truncate()
+        except OSError:
+            self.close()
+            raise
+
+    def write(self, result: dict) -> None:
+        json.dump(result, self.file, indent=1, ensure_ascii=False)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.partial, self.output)
+        self.done = True
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        if not self.done:
+            Path(self.partial).unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def run(args) -> int:
@@ -115,12 +187,9 @@ def read_samples(
 
 
 def write_json(result: dict, output: Path) -> None:
-    """Write atomically, so an interrupted run never leaves a truncated file."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=output.parent, prefix=output.name, suffix=".partial")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(result, file, indent=1, ensure_ascii=False)
-    os.replace(partial, output)
+    """Write atomically, so an interrupted run never leaves a truncated file (nor a partial one)."""
+    with OutputFile(output) as target:
+        target.write(result)
 
 
 def format_table(result: dict) -> str:

@@ -103,6 +103,11 @@ def caption_scores(
     return result
 
 
+def resolve_metric_names(metrics: Sequence[str] | None) -> set[str]:
+    """The ``METRICS`` names a ``metrics=`` selection stands for (``ValueError`` for an unknown name)."""
+    return _select(metrics)
+
+
 def _select(metrics: Sequence[str] | None) -> set[str]:
     if metrics is None:
         return set(METRICS)
@@ -139,9 +144,30 @@ def _check_inputs(
                 raise CaptionInputError(f"field 'references[{position}]': empty reference", index)
 
 
+# The longest caption scored: METEOR's JVM and the PTB tokenizer hold each caption whole (a 10 MB caption runs
+# METEOR out of heap). CompositionCap's longest references are a few thousand characters.
+MAX_CAPTION_CHARS = 20_000
+MAX_CAPTION_CHARS_ENV = "FINECAPTION_MAX_CAPTION_CHARS"
+
+
+def max_caption_chars() -> int:
+    """``$FINECAPTION_MAX_CAPTION_CHARS``, else ``MAX_CAPTION_CHARS``: a longer caption is refused before scoring."""
+    import os
+
+    value = os.environ.get(MAX_CAPTION_CHARS_ENV, "")
+    return int(value) if value.strip().isdigit() and int(value) > 0 else MAX_CAPTION_CHARS
+
+
 def _check_text(text: object, index: int, field: str) -> None:
     if not isinstance(text, str):
         raise CaptionInputError(f"field '{field}': expected a string, got {type(text).__name__}", index)
+    limit = max_caption_chars()
+    if len(text) > limit:
+        raise CaptionInputError(
+            f"field '{field}': {len(text)} characters, over the limit of {limit} per caption "
+            f"(${MAX_CAPTION_CHARS_ENV} raises it)",
+            index,
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:

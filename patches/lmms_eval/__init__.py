@@ -7,12 +7,15 @@ evaluation starts. The third problem, ``No module named 'filelock._api'``, is so
 
 from __future__ import annotations
 
-from . import exit_status, task_index
+from . import exit_status, results_written, task_index
 
 
 def apply() -> None:
-    """Index the shipped tasks in every ``TaskManager``; make failed command-line runs exit 1. Idempotent."""
+    """Index the shipped tasks in every ``TaskManager``; make failed command-line runs, and runs whose results
+    cannot be written, exit 1. Idempotent."""
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
     from lmms_eval.tasks import TaskManager
 
     task_index.patch(TaskManager)
     exit_status.patch(TaskManager)
+    results_written.patch(EvaluationTracker)
