@@ -110,6 +110,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class FineCaptionSamConfig(SamVisionConfig):
+    r"""
+    SAM's vision configuration as FineCaption's `sam_config`: `SamVisionConfig` with the key it has in a FineCaption
+    checkpoint's `config.json` as its `base_config_key`, so `FineCaptionSamConfig.from_pretrained(checkpoint)` loads
+    the SAM tower's configuration on its own (`SamVisionConfig`'s own key, `vision_config`, holds CLIP's here). The
+    saved form is SAM's (`model_type` `sam_vision_model`).
+    """
+
+    base_config_key = "sam_config"
+
+
 @strict
 class FineCaptionConfig(PreTrainedConfig):
     r"""
@@ -146,7 +157,9 @@ class FineCaptionConfig(PreTrainedConfig):
     sub_configs_defaults: ClassVar = {
         "vision_config": SubConfigSpec(config_class=CLIPVisionConfig, init_kwargs=_CLIP_L_336),
         "text_config": SubConfigSpec(config_class=LlamaConfig),
-        "sam_config": SubConfigSpec(config_class=SamVisionConfig, init_kwargs=_SAM_VIT_L),
+        # Each sub-config class reads its own key of a saved config.json (`base_config_key`; LlamaConfig finds its
+        # `model_type`), so `config.sub_configs[key].from_pretrained(checkpoint)` loads that sub-config alone.
+        "sam_config": SubConfigSpec(config_class=FineCaptionSamConfig, init_kwargs=_SAM_VIT_L),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -237,4 +250,4 @@ class FineCaptionConfig(PreTrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["FineCaptionConfig", "PRESETS"]
+__all__ = ["FineCaptionConfig", "FineCaptionSamConfig", "PRESETS"]

@@ -1,6 +1,9 @@
 """PyTorch FineCaption: LLaVA-HR's mixture-of-resolution encoder with an Alpha-CLIP mask branch and a LLaMA LM."""
 
 
+import re
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,13 +11,63 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPPreTrainedModel, CLIPVisionEmbeddings
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.models.clip.modeling_clip import (
+    CLIPAttention,
+    CLIPEncoder,
+    CLIPEncoderLayer,
+    CLIPPreTrainedModel,
+    CLIPVisionEmbeddings,
+)
 from transformers.models.sam.modeling_sam import SamVisionEncoder
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_finecaption import FineCaptionConfig
 from .parts import keep_in_fp32_modules
+
+# transformers renamed `past_key_values` to `cache`; as in LLaVA, the old keyword is mapped, with a warning, until:
+_PAST_KEY_VALUES_REMOVED_IN = "5.40.0"
+
+
+@dataclass
+class FineCaptionModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    r"""
+    [`FineCaptionModel`]'s output: the language model's (`last_hidden_state`, `cache`, `hidden_states`, `attentions`)
+    and, when images were given, `image_outputs`, the [`~FineCaptionModel.get_image_features`] output:
+    `last_hidden_state` the vision tower's fused tokens `[images, image_tokens, clip_dim]`, `pooler_output` the
+    projected features `[images, image_tokens, text_hidden]`, and the CLIP layers' `hidden_states`/`attentions` when
+    asked for.
+    """
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        """The projected image features `[images, image_tokens, text_hidden]` (LLaVA's name for
+        `image_outputs.pooler_output`); None without images."""
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
+
+
+@dataclass
+class FineCaptionCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    r"""
+    [`FineCaptionForConditionalGeneration`]'s output: `loss`, `logits` and the language model's `cache`,
+    `hidden_states`, `attentions`; `image_outputs` as in [`FineCaptionModelOutputWithPast`].
+    """
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        """The projected image features `[images, image_tokens, text_hidden]` (LLaVA's name for
+        `image_outputs.pooler_output`); None without images."""
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 def align_to_grid(feature_map: torch.Tensor, grid_size: int) -> torch.Tensor:
@@ -99,26 +152,122 @@ class FineCaptionFusion(nn.Module):
         return self.fast_proj(fast_tokens) + self.slow_proj(align_to_grid(slow_map, grid))
 
 
+class FineCaptionPreTrainedModel(PreTrainedModel):
+    config: FineCaptionConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    # The dual path mixes fast and slow features at every adapter: keep the vision tower on one device.
+    _no_split_modules = ["FineCaptionVisionTower", "LlamaDecoderLayer"]
+    # transformers adds these to bitsandbytes' skip list, so a plain `BitsAndBytesConfig(load_in_4bit=True)` quantises
+    # only the language model (lm_head is skipped by default); loading in fp16 keeps them in fp32.
+    _keep_in_fp32_modules = keep_in_fp32_modules()  # the components with fp32=True in parts.COMPONENTS
+    _skip_keys_device_placement = "cache"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    # Static shapes throughout (image tokens, grids, the image-token check through `torch_compilable_check`):
+    # static-cache generation and `torch.compile(fullgraph=True)` work (tests/test_modeling_finecaption.py).
+    _can_compile_fullgraph = True
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers skips, in code outside its package, modules whose own parameters are all loaded, since such
+        # code may write weights without `transformers.initialization`. Ours uses it (loaded tensors are left alone),
+        # and the MR-Adapters own no direct parameters: the skip would leave their zero-init convolutions random.
+        return cls.is_remote_code()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, FineCaptionMaskEmbedding):
+            init.zeros_(module.weight)
+        elif isinstance(module, FineCaptionMRAdapter):
+            init.xavier_uniform_(module.slow_conv.weight)
+            init.xavier_uniform_(module.fast_conv.weight)
+            for conv in (module.slow_conv, module.fast_conv, module.slow_proj, module.fast_proj):
+                init.zeros_(conv.bias)
+            init.zeros_(module.slow_proj.weight)
+            init.zeros_(module.fast_proj.weight)
+        elif type(module).__name__ == "ConvNeXtBlock" and module.gamma is not None:  # timm's layer scale
+            init.constant_(module.gamma, 1e-6)
+
+    def _move_missing_keys_from_meta_to_device(self, missing_keys, *args, **kwargs) -> None:
+        # Loading in float16, transformers casts the loaded weights of `_keep_in_fp32_modules` to float32 but gives a
+        # weight missing from the checkpoint (a new mask convolution, CLIP's unused class_embedding) the load dtype,
+        # beside float32 neighbours. Missing keys follow the same dtype plan as loaded ones, before their init.
+        super()._move_missing_keys_from_meta_to_device(missing_keys, *args, **kwargs)
+        plan = self._get_dtype_plan(self.config.dtype)
+        patterns = [re.compile(pattern) for pattern, dtype in plan.items() if dtype == torch.float32]
+        for key in missing_keys:
+            if not any(pattern.search(key) for pattern in patterns):
+                continue
+            module_name, _, name = key.rpartition(".")
+            module = self.get_submodule(module_name)
+            if name in module._parameters and module._parameters[name].is_floating_point():
+                parameter = module._parameters[name]
+                module._parameters[name] = nn.Parameter(parameter.float(), requires_grad=parameter.requires_grad)
+            elif name in module._buffers and module._buffers[name].is_floating_point():
+                module._buffers[name] = module._buffers[name].float()
+
+    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False) -> None:
+        """transformers' `set_attn_implementation`; without the SAM tower (`use_sam_tower=False`), `sam_config` has no
+        sub-model to check, so its implementation is set on the config directly, without transformers' warning."""
+        config = self.config
+        if not isinstance(config, FineCaptionConfig) or config.use_sam_tower:
+            return super().set_attn_implementation(attn_implementation, allow_all_kernels=allow_all_kernels)
+        if isinstance(attn_implementation, dict):
+            requested = dict(attn_implementation)
+            sam_implementation = requested.pop("sam_config", None)
+        else:
+            sam_implementation = attn_implementation
+            requested = {"": attn_implementation}
+            requested.update({key: attn_implementation for key in config.sub_configs if key != "sam_config"})
+        if isinstance(sam_implementation, dict):
+            sam_implementation = sam_implementation.get("", config.sam_config._attn_implementation)
+        valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+        if sam_implementation is not None and sam_implementation not in valid:
+            raise ValueError(f"attn_implementation {sam_implementation!r} is not supported for sam_config")
+        super().set_attn_implementation(requested, allow_all_kernels=allow_all_kernels)
+        if sam_implementation is not None:
+            config.sam_config._attn_implementation_internal = sam_implementation
+
+
 class FineCaptionFastTower(CLIPPreTrainedModel):
     """The CLIP ViT of the fast path, in transformers' CLIP names, without CLS token or post-layernorm.
 
-    Being a `CLIPPreTrainedModel`, it keeps CLIP's own weight initialisation.
+    Being a `CLIPPreTrainedModel` on `vision_config`, it keeps CLIP's own weight initialisation and takes the
+    attention implementation chosen for `vision_config`.
     """
 
     main_input_name = "pixel_values"
+    input_modalities = ("image",)
 
     def __init__(self, config):
         super().__init__(config)
         self.embeddings = CLIPVisionEmbeddings(config)
         # LLaVA-HR drops the CLS token before it is built, so no gradient ever reaches `class_embedding` (a trainable
         # parameter without one fails DDP without `find_unused_parameters`). A buffer keeps it out of training and
-        # keeps CLIP's key name for checkpoints.
-        class_embedding = self.embeddings.class_embedding.data
+        # keeps CLIP's key name for checkpoints; unused, it starts (and is re-initialised) at zero, like any buffer
+        # with a fixed value, so a model built on the meta device gets the same one.
+        class_embedding = torch.zeros_like(self.embeddings.class_embedding.data)
         del self.embeddings.class_embedding
         self.embeddings.register_buffer("class_embedding", class_embedding)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = CLIPEncoder(config)
         self.post_init()
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # As FineCaptionPreTrainedModel: CLIP's attention and MLP own no direct parameters, and the custom-code skip
+        # would leave their linears at the generic init instead of CLIP's.
+        return cls.is_remote_code()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, CLIPVisionEmbeddings):
+            init.zeros_(module.class_embedding)
 
     def embed(self, pixel_values: torch.Tensor, mask_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens of `[batch, 3, F, F]` pixels, plus Alpha-CLIP's mask embedding `[batch, dim, g, g]`.
@@ -166,12 +315,21 @@ class FineCaptionSlowTower(nn.Module):
         return hidden
 
 
-class FineCaptionVisionTower(nn.Module):
-    """Mask-aware mixture-of-resolution encoder: `[batch, 3, S, S]` image and mask -> `[batch, tokens, clip_dim]`."""
+class FineCaptionVisionTower(FineCaptionPreTrainedModel):
+    """Mask-aware mixture-of-resolution encoder: `[batch, 3, S, S]` image and mask -> `[batch, tokens, clip_dim]`.
+
+    A sub-model of its own (on the model's config), like LLaVA's vision tower: it reports `_supports_sdpa` and the
+    other attention flags, and records the CLIP layers' hidden states and attentions (`output_hidden_states`,
+    `output_attentions`). Its children are the sub-models of `vision_config` (`fast_tower`) and `sam_config`
+    (`sam_tower`), which take the attention implementation chosen for their sub-config.
+    """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _can_record_outputs = {"hidden_states": CLIPEncoderLayer, "attentions": CLIPAttention}
 
     def __init__(self, config: FineCaptionConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         clip_dim, patch = config.vision_config.hidden_size, config.vision_config.patch_size
         self.fast_tower = FineCaptionFastTower(config.vision_config)
         self.fast_mask_embed = FineCaptionMaskEmbedding(clip_dim, patch)
@@ -184,6 +342,7 @@ class FineCaptionVisionTower(nn.Module):
             [FineCaptionMRAdapter(clip_dim, config.slow_channels) for _ in range(3)]
         )
         self.fusion = FineCaptionFusion(clip_dim, config.slow_channels)
+        self.post_init()
 
     def normalize_mask(self, mask_values: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor:
         """Alpha-CLIP's normalisation of a `[batch, 1, S, S]` mask in [0, 1]; no mask means the whole image."""
@@ -218,17 +377,21 @@ class FineCaptionVisionTower(nn.Module):
         slow_map = self.slow_tower(pixel_values, stem_mask)
         if self.sam_tower is None:
             return slow_map
-        sam_map = self.sam_tower(self.sam_pixels(pixel_values)).last_hidden_state
+        sam_map = self.sam_tower(self.sam_pixels(pixel_values), return_dict=True).last_hidden_state
         sam_map = F.pixel_unshuffle(sam_map, sam_map.shape[-1] // slow_map.shape[-1])
         return torch.cat([slow_map, sam_map.to(slow_map.dtype)], dim=1)
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
         mask_values: torch.Tensor | None = None,
         slow_map: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`[batch, 3, S, S]` pixels and `[batch, 1, S, S]` masks -> `[batch, fast_grid ** 2, clip_dim]`.
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutput:
+        """`[batch, 3, S, S]` pixels and `[batch, 1, S, S]` masks -> `last_hidden_state` `[batch, fast_grid ** 2,
+        clip_dim]`; with `output_hidden_states`/`output_attentions`, the CLIP layers' (their input, then each layer's
+        output, before the adapter that may follow it) and their attention weights (eager attention).
 
         `slow_map` `[batch, slow_channels, S / 32, S / 32]`: the `slow_features` of these pixels, computed once per
         image and reused for each of its masks (only valid while the slow path does not read the mask).
@@ -248,13 +411,14 @@ class FineCaptionVisionTower(nn.Module):
             fast_pixels.to(pixel_values.dtype), self.fast_mask_embed(fast_alpha.to(pixel_values.dtype))
         )
 
+        # CLIP's layers in 4 groups (the config checks num_hidden_layers % 4), an MR-Adapter after each of the first 3.
         layers = self.fast_tower.encoder.layers
         group = len(layers) // 4
         for index, layer in enumerate(layers):
             fast_tokens = layer(fast_tokens, None)
             if (index + 1) % group == 0 and index + 1 < len(layers):
                 fast_tokens = self.adapters[index // group](fast_tokens, slow_map)
-        return self.fusion(fast_tokens, slow_map)
+        return BaseModelOutput(last_hidden_state=self.fusion(fast_tokens, slow_map))
 
 
 class FineCaptionMultiModalProjector(nn.Module):
@@ -269,44 +433,6 @@ class FineCaptionMultiModalProjector(nn.Module):
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(image_features)))
-
-
-class FineCaptionPreTrainedModel(PreTrainedModel):
-    config: FineCaptionConfig
-    base_model_prefix = "model"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    # The dual path mixes fast and slow features at every adapter: keep the vision tower on one device.
-    _no_split_modules = ["FineCaptionVisionTower", "LlamaDecoderLayer"]
-    # transformers adds these to bitsandbytes' skip list, so a plain `BitsAndBytesConfig(load_in_4bit=True)` quantises
-    # only the language model (lm_head is skipped by default); loading in fp16 keeps them in fp32.
-    _keep_in_fp32_modules = keep_in_fp32_modules()  # the components with fp32=True in parts.COMPONENTS
-    _skip_keys_device_placement = "cache"
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_attention_backend = True
-
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        # transformers skips, in code outside its package, modules whose own parameters are all loaded, since such
-        # code may write weights without `transformers.initialization`. Ours uses it (loaded tensors are left alone),
-        # and the MR-Adapters own no direct parameters: the skip would leave their zero-init convolutions random.
-        return cls.is_remote_code()
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, FineCaptionMaskEmbedding):
-            init.zeros_(module.weight)
-        elif isinstance(module, FineCaptionMRAdapter):
-            init.xavier_uniform_(module.slow_conv.weight)
-            init.xavier_uniform_(module.fast_conv.weight)
-            for conv in (module.slow_conv, module.fast_conv, module.slow_proj, module.fast_proj):
-                init.zeros_(conv.bias)
-            init.zeros_(module.slow_proj.weight)
-            init.zeros_(module.fast_proj.weight)
-        elif type(module).__name__ == "ConvNeXtBlock" and module.gamma is not None:  # timm's layer scale
-            init.constant_(module.gamma, 1e-6)
 
 
 class FineCaptionModel(FineCaptionPreTrainedModel):
@@ -325,17 +451,29 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         mask_values: torch.Tensor | None = None,
         slow_map: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Projected image features `[batch, image_tokens, text_hidden]` of `[batch, 3, S, S]` pixels and masks.
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Image features of `[batch, 3, S, S]` pixels and `[batch, 1, S, S]` masks, as transformers' VLMs give them:
+        `pooler_output` the projected features `[batch, image_tokens, text_hidden]` (what replaces the `<image>`
+        tokens), `last_hidden_state` the vision tower's tokens `[batch, image_tokens, clip_dim]`, and with
+        `output_hidden_states`/`output_attentions` the CLIP layers' hidden states and attentions. `return_dict=False`
+        (or the config's) gives a tuple.
 
         `slow_map`: the vision tower's `slow_features` of the pixels, when shared by several masks of one image.
         """
-        return self.multi_modal_projector(self.vision_tower(pixel_values, mask_values, slow_map))
+        vision_outputs = self.vision_tower(pixel_values, mask_values, slow_map, return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=self.multi_modal_projector(vision_outputs.last_hidden_state),
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
 
     def merge_image_features(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
@@ -344,9 +482,11 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
         `[images, image_tokens, hidden]`."""
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(
-            self.image_token_mask(input_ids, inputs_embeds, image_features), image_features
+            self.get_placeholder_mask(input_ids, inputs_embeds, image_features), image_features
         )
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVED_IN, new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -356,24 +496,27 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs,
-    ):
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | FineCaptionModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_outputs = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, mask_values)
-            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
-        return self.language_model(
+            image_outputs = self.get_image_features(pixel_values, mask_values, return_dict=True, **kwargs)
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_outputs.pooler_output)
+        outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **kwargs,
         )
+        return FineCaptionModelOutputWithPast(**outputs, image_outputs=image_outputs)
 
-    def image_token_mask(
+    def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
         """`[batch, seq, hidden]` bool mask of the `<image>` positions; their count must match the features."""
@@ -384,20 +527,26 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
             is_image = (inputs_embeds == image_embedding).all(-1)
         else:
             is_image = input_ids == self.config.image_token_id
-        count, expected = int(is_image.sum()), image_features.shape[0] * image_features.shape[1]
-        if count != expected:
-            raise ValueError(
-                f"the text holds {count} <image> tokens but the images give {expected} features "
-                f"({image_features.shape[0]} images x {image_features.shape[1]} tokens): expand each <image> "
-                "with FineCaptionProcessor"
-            )
+        images, tokens = image_features.shape[:2]
+        torch_compilable_check(
+            is_image.sum() == images * tokens,
+            lambda: (
+                f"the text holds {int(is_image.sum())} <image> tokens but the images give {images * tokens} features "
+                f"({images} images x {tokens} tokens): expand each <image> with FineCaptionProcessor"
+            ),
+        )
         return is_image.unsqueeze(-1).expand_as(inputs_embeds)
+
+    image_token_mask = get_placeholder_mask  # the name before transformers' `get_placeholder_mask`
 
 
 class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, GenerationMixin):
     """FineCaption with a language-modelling head: captions the region under a mask."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # As LLaVA: the head is sharded column-wise with its output gathered, matching the language model's plan, which
+    # shards `embed_tokens` (tied to the head when `tie_word_embeddings`): both sharded or neither.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: FineCaptionConfig):
         super().__init__(config)
@@ -415,10 +564,15 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
         return self.lm_head
 
     def get_image_features(
-        self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Projected image features `[batch, image_tokens, text_hidden]`."""
-        return self.model.get_image_features(pixel_values, mask_values)
+        self,
+        pixel_values: torch.Tensor,
+        mask_values: torch.Tensor | None = None,
+        slow_map: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        """[`FineCaptionModel.get_image_features`]: `pooler_output` the projected features `[batch, image_tokens,
+        text_hidden]`."""
+        return self.model.get_image_features(pixel_values, mask_values, slow_map, **kwargs)
 
     def caption_regions(self, processor, image, masks, prompts, **kwargs) -> list:
         """Captions of many masks of an image, one or more prompts each, with the vision work and the prompt prefill
@@ -432,6 +586,8 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
 
         return caption_regions(self, processor, image, masks, prompts, **kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVED_IN, new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -443,10 +599,11 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | FineCaptionCausalLMOutputWithPast:
         """`input_ids` `[batch, seq]` with expanded `<image>` tokens, `pixel_values` `[batch, 3, S, S]`,
-        `mask_values` `[batch, 1, S, S]` in [0, 1] (None: the whole image) -> logits `[batch, seq, vocab]`."""
+        `mask_values` `[batch, 1, S, S]` in [0, 1] (None: the whole image) -> logits `[batch, seq, vocab]`, and
+        `image_outputs` (see `get_image_features`) when images were given. `return_dict=False` gives a tuple."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -455,6 +612,7 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -464,18 +622,21 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(
+        return FineCaptionCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
         )
 
 
 __all__ = [
+    "FineCaptionCausalLMOutputWithPast",
     "FineCaptionForConditionalGeneration",
     "FineCaptionModel",
+    "FineCaptionModelOutputWithPast",
     "FineCaptionPreTrainedModel",
     "FineCaptionVisionTower",
     "FineCaptionMRAdapter",

@@ -238,9 +238,10 @@ def test_converted_image_features_equal_llava_hr_math(tmp_path, fmt, clip_prefix
     with torch.no_grad():
         reference = _reference_features(state, clip_prefix, native_size, pixels)
         assert reference.shape == (2, (max(IMAGE_SIZE // 32 * PATCH, native_size) // PATCH) ** 2, LLM_HIDDEN)
-        torch.testing.assert_close(model.get_image_features(pixels), reference, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model.get_image_features(pixels).pooler_output, reference, atol=1e-4, rtol=1e-4)
         # A zero mask branch ignores the mask.
-        torch.testing.assert_close(model.get_image_features(pixels, mask), reference, atol=1e-4, rtol=1e-4)
+        masked = model.get_image_features(pixels, mask).pooler_output
+        torch.testing.assert_close(masked, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_image_token_is_added_with_a_mean_embedding(tmp_path):
@@ -281,11 +282,11 @@ def test_alpha_clip_weights_initialise_the_mask_branch_and_enter_as_designed(tmp
     pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     mask = (torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE) > 0.5).float()
     with torch.no_grad():
-        masked = model.get_image_features(pixels, mask)
+        masked = model.get_image_features(pixels, mask).pooler_output
         torch.testing.assert_close(
             masked, _reference_features(state, "", 28, pixels, alpha, mask), atol=1e-4, rtol=1e-4
         )
-        whole = model.get_image_features(pixels)
+        whole = model.get_image_features(pixels).pooler_output
         torch.testing.assert_close(whole, _reference_features(state, "", 28, pixels, alpha), atol=1e-4, rtol=1e-4)
     assert (masked - whole).abs().max() > 1e-2  # the mask does reach the features
 

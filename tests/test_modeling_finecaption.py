@@ -130,7 +130,8 @@ def test_slow_mask_embedding_reaches_the_features():
         pixels = torch.randn(1, 3, 128, 128)
         inside = torch.zeros(1, 1, 128, 128)
         inside[..., :64, :64] = 1
-        assert (model.get_image_features(pixels, inside) - model.get_image_features(pixels)).abs().max() > 1e-4
+        masked, whole = model.get_image_features(pixels, inside), model.get_image_features(pixels)
+        assert (masked.pooler_output - whole.pooler_output).abs().max() > 1e-4
 
 
 def test_image_features_shape_and_sam_variant():
@@ -138,7 +139,7 @@ def test_image_features_shape_and_sam_variant():
         config = FineCaptionConfig.from_preset("tiny", **overrides)
         model = FineCaptionForConditionalGeneration(config).eval()
         with torch.no_grad():
-            features = model.get_image_features(torch.randn(2, 3, 128, 128), torch.ones(2, 1, 128, 128))
+            features = model.get_image_features(torch.randn(2, 3, 128, 128), torch.ones(2, 1, 128, 128)).pooler_output
         assert features.shape == (2, config.num_image_tokens, config.text_config.hidden_size)
     assert config.slow_channels == config.slow_dims[-1] + 4 * config.sam_config.output_channels
 
@@ -282,7 +283,7 @@ def test_meta_device_shapes_of_the_full_model():
 
     with torch.device("meta"):
         model = FineCaptionForConditionalGeneration(config)
-        features = model.get_image_features(torch.empty(1, 3, 1024, 1024), torch.empty(1, 1, 1024, 1024))
+        features = model.get_image_features(torch.empty(1, 3, 1024, 1024), torch.empty(1, 1, 1024, 1024)).pooler_output
     assert features.shape == (1, 1024, 4096)
     assert model.model.vision_tower.fast_mask_embed.weight.shape == (1024, 1, 14, 14)
     assert model.lm_head.weight.shape == (128257, 4096)
