@@ -91,3 +91,67 @@ def test_bad_record_is_named(tmp_path: Path, capsys: pytest.CaptureFixture, bad_
     assert error.startswith(f"finecaption score: {source}:")
     assert re.search(message, error)
     assert not (tmp_path / "bad.scores.json").exists()
+
+
+# Hostile input and lost work (issue 12)
+
+
+def test_a_10_mb_caption_is_refused_before_meteor_runs(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
+    import finecaption_plugin.metrics.meteor as meteor
+
+    started = []
+    monkeypatch.setattr(meteor.MeteorProcess, "__init__", lambda self, *a, **k: started.append(1))
+    huge = {"prediction": "word " * (2 * 2**20), "references": ["a caption"]}  # 10 MB: METEOR's JVM ran out of heap
+    source = write_jsonl(tmp_path / "huge.jsonl", [RECORDS[0], huge])
+    assert main(["score", str(source)]) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"line 2, record 1: field 'prediction': 10485760 characters, over the limit of 20000", error)
+    assert "FINECAPTION_MAX_CAPTION_CHARS" in error and "Traceback" not in error and not started
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "huge.scores.json").exists()
+
+
+def test_an_unwritable_output_is_found_before_scoring(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
+    import finecaption_plugin.metrics.scores as scores
+
+    scored = []
+    monkeypatch.setattr(scores, "caption_scores", lambda *a, **k: scored.append(1))
+    source = write_jsonl(tmp_path / "preds.jsonl", RECORDS)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # root writes into read-only folders; a file where the folder should be stops anyone
+    assert main(["score", str(source), "-o", str(blocker / "out.json"), *FAST]) == 2
+    assert capsys.readouterr().err.startswith(f"finecaption score: cannot write {blocker / 'out.json'}: ")
+    assert not scored
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full)  # the probe write, flushed, finds the full disk
+    assert main(["score", str(source), "-o", str(tmp_path / "out.json"), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"finecaption score: cannot write {tmp_path / 'out.json'}: No space left on device")
+    assert not scored and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_disk_that_fills_during_the_write_keeps_the_table(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
+    import json as json_module
+
+    source = write_jsonl(tmp_path / "preds.jsonl", RECORDS)
+    real_dump = json_module.dump
+
+    def dump_then_full(obj, file, **kwargs):
+        real_dump(obj, file, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("finecaption_plugin.metrics.command.json.dump", dump_then_full)
+    assert main(["score", str(source), "-o", str(tmp_path / "out.json"), *FAST]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("group") and "CIDEr" in captured.out  # the table came first
+    assert f"cannot write {tmp_path / 'out.json'}: No space left on device" in captured.err
+    assert not (tmp_path / "out.json").exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_bertscore_flags_without_bertscore_are_an_error(tmp_path: Path, capsys: pytest.CaptureFixture):
+    source = write_jsonl(tmp_path / "preds.jsonl", RECORDS)
+    assert main(["score", str(source), *FAST, "--bertscore-model", "roberta-large"]) == 2
+    assert "--bertscore-model given, but BERTScore is not among --metrics" in capsys.readouterr().err
+    assert not (tmp_path / "preds.scores.json").exists()

@@ -450,3 +450,53 @@ def test_the_readme_s_copied_task_yaml_resolves(root: Path, tmp_path: Path):
         docs = task.test_docs()
         assert len(docs) == 6 and set(docs["variant"]) == {"compositioncap_rdc_mine"}
         assert phrase in task.doc_to_text(docs[0])
+
+
+# Hostile input (issue 12)
+
+
+def test_an_empty_test_file_is_named_before_lmms_eval_loads_it(root: Path):
+    from finecaption_plugin.compositioncap_data import test_file
+
+    (root / compositioncap.TEST_FILE).write_text("\n  \n")  # before: a bare StopIteration from the loader
+    with pytest.raises(CompositionCapError, match=r"compositioncap_test.jsonl holds no record: it is empty"):
+        test_file()
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "symlink"])
+def test_record_paths_stay_inside_the_data_folder_unless_allowed(root: Path, monkeypatch, where: str):
+    import shutil
+
+    records = _records(root)
+    outside = root.parent / "outside"
+    outside.mkdir()
+    first = records[0]
+    shutil.copy(root / first["image"], outside / "secret.png")
+    value = {"dotdot": "../outside/secret.png", "absolute": str(outside / "secret.png"), "symlink": "link.png"}[where]
+    if where == "symlink":
+        (root / "link.png").symlink_to(outside / "secret.png")
+    for record in records:
+        if record["image"] == first["image"]:
+            record["image"] = value
+    with pytest.raises(CompositionCapError, match=r"record 0 \('id' .*\): field 'image': the image path .* leads "
+                       r"outside the data folder"):  # fmt: skip
+        select_docs(_dataset(records), first["task"])
+    monkeypatch.setenv("FINECAPTION_ALLOW_OUTSIDE_DATA_FOLDER", "1")
+    assert len(select_docs(_dataset(records), first["task"])) > 0
+
+
+def test_a_mask_file_outside_the_data_folder_is_refused(root: Path):
+    records = _records(root)
+    index, record = next((i, r) for i, r in enumerate(records) if r["task"] == "rdc")
+    record["mask"] = "../elsewhere/mask.png"
+    with pytest.raises(CompositionCapError, match=rf"record {index} .*field 'mask': the mask path .* leads outside"):
+        select_docs(_dataset(records), "rdc")
+
+
+def test_an_image_is_checked_from_its_header_before_decoding(root: Path, monkeypatch):
+    records = _records(root)
+    first = records[0]
+    monkeypatch.setenv("FINECAPTION_MAX_PIXELS", str(first["height"] * first["width"] - 1))
+    with pytest.raises(CompositionCapError, match=r"record 0 .*field 'height': the record's image is .* over the "
+                       r"limit"):  # fmt: skip
+        select_docs(_dataset(records), first["task"])
