@@ -434,3 +434,70 @@ def test_two_process_launch_trains_data_parallel(tiny_checkpoint, dataset, tmp_p
     assert state["global_step"] == 4 and state["epoch"] == 2.0
     for folder in (output / "checkpoint-2", output):
         assert (folder / "non_lora_trainables.bin").is_file() and (folder / "adapter_model.safetensors").is_file()
+
+
+# Faults and friction (issue 12)
+
+
+def test_a_truncated_trainer_state_falls_back_to_the_previous_checkpoint(lora_run, tiny_checkpoint, dataset, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    import shutil
+
+    from transformers import Trainer
+
+    from finecaption_plugin.train import last_complete_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run.args.output_dir, run)
+    for name in ("adapter_model.safetensors", "trainer_state.json"):  # as if killed while saving checkpoint-12
+        (run / name).unlink(missing_ok=True)
+    state = run / "checkpoint-12" / "trainer_state.json"
+    state.write_text(state.read_text()[:100])  # a full disk or a kill cut it
+    assert last_complete_checkpoint(run) == run / "checkpoint-6"
+    executed = []
+    training_step = Trainer.training_step
+    monkeypatch.setattr(Trainer, "training_step",
+                        lambda self, *a, **k: executed.append(self.state.global_step) or training_step(self, *a, **k))
+    argv = run_args(tiny_checkpoint, dataset, run, "--max_steps", "12", "--save_steps", "6", "--bf16", "True")
+    resumed = train(*parse_args(argv))  # before: every restart failed on the broken JSON
+    assert resumed.state.global_step == 12 and executed == list(range(6, 12))
+
+
+def test_a_full_disk_while_saving_says_no_space_left(tiny_checkpoint, dataset, tmp_path, monkeypatch, capsys):
+    from finecaption_plugin.train import main
+
+    def full_disk(*args, **kwargs):  # what torch's serializer says when the disk is full: never the reason
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")  # fmt: skip
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    argv = run_args(tiny_checkpoint, dataset, tmp_path / "run", "--max_steps", "1", "--save_steps", "1")
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert f"finecaption train: error: no space left on device while writing to {tmp_path / 'run'} (" in error
+    assert "MiB free" in error and "resumes from the last complete checkpoint" in error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a CPU-only machine does")
+def test_bf16_training_on_a_cpu_only_machine_needs_no_use_cpu_nor_warns(tiny_checkpoint, dataset, tmp_path):
+    import warnings
+
+    argv = run_args(tiny_checkpoint, dataset, tmp_path / "run", "--max_steps", "1", "--bf16", "True",
+                    "--gradient_checkpointing", "True")  # fmt: skip
+    argv = _without_flag(argv, "--use_cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = train(*parse_args(argv))  # before: "Your setup doesn't support bf16/gpu. You need to assign use_cpu"
+    assert trainer.args.use_cpu and trainer.state.global_step == 1
+    assert trainer.args.activation_checkpointing and trainer.args.activation_checkpointing_kwargs == {
+        "use_reentrant": False
+    }
+    deprecated = [str(w.message) for w in caught if "gradient_checkpointing" in str(w.message)]
+    assert not deprecated, deprecated
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    if flag not in argv:
+        return argv
+    index = argv.index(flag)
+    return argv[:index] + argv[index + 2 :]
