@@ -11,6 +11,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import (
     BaseModelOutput,
     BaseModelOutputWithPooling,
@@ -197,6 +198,8 @@ class FineCaptionPreTrainedModel(PreTrainedModel):
         # weight missing from the checkpoint (a new mask convolution, CLIP's unused class_embedding) the load dtype,
         # beside float32 neighbours. Missing keys follow the same dtype plan as loaded ones, before their init.
         super()._move_missing_keys_from_meta_to_device(missing_keys, *args, **kwargs)
+        if is_deepspeed_zero3_enabled():  # parameters partitioned by DeepSpeed: left as transformers made them
+            return
         plan = self._get_dtype_plan(self.config.dtype)
         patterns = [re.compile(pattern) for pattern, dtype in plan.items() if dtype == torch.float32]
         for key in missing_keys:
