@@ -27,7 +27,7 @@ demo: install
 # untrained demo preset with a tokenizer learnt from their text, a full fine-tune on the CPU, a float16 export.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
-DEMO_STEPS ?= 4000
+DEMO_STEPS ?= 2500
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
 	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from .compositioncap_data import CompositionCapError, check_record, data_root, doc_image, doc_mask, test_file
-from .compositioncap_scoring import METRICS, TaskScores, score_task
+from .compositioncap_scoring import ATTRIBUTE_ACCURACY, METRICS, TaskScores, score_task
 from .masks import mask_to_box
 from .prompts import TASKS, task_prompt
 from .records import where
@@ -164,7 +164,8 @@ def process_results(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str,
         "attribute": doc.get("attribute"),  # `finecaption score LOG --group-field attribute` reads it here
         "prediction": results[0] if results else "",
     }
-    return dict.fromkeys(METRICS, sample)
+    metrics = (*METRICS, ATTRIBUTE_ACCURACY) if doc.get("task") == "aarc" else METRICS
+    return dict.fromkeys(metrics, sample)
 
 
 def aggregate(samples: Sequence[Mapping[str, Any]], metric: str, args: Any = None) -> float:
@@ -195,4 +196,7 @@ def aggregate(samples: Sequence[Mapping[str, Any]], metric: str, args: Any = Non
                 write_report(full, state.scores, out_dir, root=data_root())
             except Exception:
                 logger.exception("could not write the CompositionCap %s breakdown and gallery to %s", variant, out_dir)
+    if metric == ATTRIBUTE_ACCURACY:  # x100 like the caption metrics; NaN for data without the truth
+        block = state.scores.blocks.get(ATTRIBUTE_ACCURACY)
+        return 100 * block["overall"] if block else float("nan")
     return state.scores.metrics.get(metric, float("nan"))

@@ -20,8 +20,10 @@ from .metrics.scores import TABLE_METRICS
 METRICS: tuple[str, ...] = TABLE_METRICS
 
 Block = Callable[[Sequence[Mapping[str, Any]]], "dict | None"]
+# The AARC metric (and breakdown.json block) of generated data: how often a caption states the true value.
+ATTRIBUTE_ACCURACY = "attribute_accuracy"
 # Name -> function of the extra blocks scored for every task.
-BLOCKS: dict[str, Block] = {"attribute_accuracy": attribute_accuracy}
+BLOCKS: dict[str, Block] = {ATTRIBUTE_ACCURACY: attribute_accuracy}
 
 
 @dataclass

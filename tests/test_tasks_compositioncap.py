@@ -500,3 +500,37 @@ def test_an_image_is_checked_from_its_header_before_decoding(root: Path, monkeyp
     with pytest.raises(CompositionCapError, match=r"record 0 .*field 'height': the record's image is .* over the "
                        r"limit"):  # fmt: skip
         select_docs(_dataset(records), first["task"])
+
+
+def test_attribute_accuracy_of_generated_data_in_the_table_breakdown_and_gallery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from finecaption_plugin.synth import write_synth
+
+    folder = tmp_path / "synth"
+    write_synth(folder, 2, seed=3)
+    monkeypatch.setenv(compositioncap.ROOT_ENV, str(folder))
+    records = [json.loads(line) for line in (folder / compositioncap.TEST_FILE).read_text().splitlines()]
+    docs = select_docs(_dataset(records), "aarc")
+    colors = [doc for doc in docs if doc["attribute"] == "color"]
+    wrong = colors[0]["id"]  # the first color answer names a colour the entity does not have
+    other = next(c for c in ("red", "blue") if c != colors[0]["truth"]["color"])
+    results = [
+        compositioncap.process_results(doc, [f"It is {other}." if doc["id"] == wrong else doc["captions"][0]])
+        for doc in docs
+    ]
+    assert all(set(result) == {*compositioncap.METRICS, "attribute_accuracy"} for result in results)
+    samples = [result["attribute_accuracy"] for result in results]
+    args = Namespace(output_path=str(tmp_path / "out"), model_args="pretrained=/models/demo")
+    scored = [doc for doc in docs if doc.get("chance") is not None]
+    value = compositioncap.aggregate(samples, "attribute_accuracy", args)
+    assert value == pytest.approx(100 * (len(scored) - 1) / len(scored))
+    (out_dir,) = (tmp_path / "out" / "models__demo").iterdir()
+    block = json.loads((out_dir / "breakdown.json").read_text())["attribute_accuracy"]
+    assert block["per_attribute"]["color"]["accuracy"] == pytest.approx((len(colors) - 1) / len(colors))
+    assert block["count"] == len(scored) and 0 < block["chance"] < 1
+    page = (out_dir / "index.html").read_text()
+    assert f"says {other}, is {colors[0]['truth']['color']}" in page and 'class="card right"' in page
+    # rdc records carry no attribute question: no attribute accuracy there
+    rdc = select_docs(_dataset(records), "rdc")
+    assert "attribute_accuracy" not in compositioncap.process_results(rdc[0], ["x"])

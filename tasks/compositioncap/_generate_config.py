@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from finecaption_plugin.compositioncap_scoring import METRICS
+from finecaption_plugin.compositioncap_scoring import ATTRIBUTE_ACCURACY, METRICS
 from finecaption_plugin.prompts import TASKS as TASK_NAMES
 from finecaption_plugin.visual_prompts import VISUAL_PROMPT_STYLES
 
@@ -33,7 +33,7 @@ TASKS = {
 REGIONAL = ("aarc", "rdc")  # the tasks about one region; global describes the whole image
 # The lmms-eval metric_list of each task: the paper's Table 2 metrics, and a task's own after them.
 TASK_METRICS = {
-    "aarc": [*METRICS],
+    "aarc": [*METRICS, ATTRIBUTE_ACCURACY],  # NaN on data without each entity's truth (real CompositionCap)
     "rdc": [*METRICS],
     "global": [*METRICS],
 }

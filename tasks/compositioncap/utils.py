@@ -36,6 +36,10 @@ def bertscore(samples, args=None):
     return hooks.aggregate(samples, "BERTScore", args)
 
 
+def attribute_accuracy(samples, args=None):
+    return hooks.aggregate(samples, "attribute_accuracy", args)
+
+
 # process_docs of each task YAML: the records of its task, all checked, under its task name (which keys
 # its state, scores and breakdown folder).
 
