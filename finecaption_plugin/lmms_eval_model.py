@@ -443,7 +443,11 @@ class AnswerCache:
         self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.file = (self.folder / f"answers-rank{rank}.jsonl").open("a", encoding="utf-8")
+            path = self.folder / f"answers-rank{rank}.jsonl"
+            cut = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+            self.file = path.open("a", encoding="utf-8")
+            if cut:  # a line cut by a kill: the next answer starts on a line of its own
+                self.file.write("\n")
         except OSError as error:
             raise ValueError(f"answers_cache={str(folder)!r} cannot be written: {error}") from None
         self.model = _digest(settings)

@@ -41,7 +41,13 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(
-    launcher: list[str], checkpoint: Path, root: Path, out: Path, task: str = "compositioncap_aarc"
+    launcher: list[str],
+    checkpoint: Path,
+    root: Path,
+    out: Path,
+    task: str = "compositioncap_aarc",
+    model_args: str = "",
+    extra_env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -50,11 +56,12 @@ def _run(
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
     }
     command = [
         *launcher,
         "--model", "finecaption",
-        "--model_args", f"pretrained={checkpoint},max_new_tokens=8",
+        "--model_args", f"pretrained={checkpoint},max_new_tokens=8{model_args}",
         "--tasks", task,
         "--batch_size", "3",
         "--limit", str(LIMIT),
@@ -153,3 +160,57 @@ def test_unknown_task_exits_nonzero(checkpoint: Path, data_root: Path, tmp_path:
     run = _run([str(BIN / "lmms-eval")], checkpoint, data_root, tmp_path / "out", task="no_such_task_xyz")
     assert run.returncode == 1
     assert "tasks not found: no_such_task_xyz" in run.stderr
+
+
+# Lost work (issue 12)
+
+# lmms-eval's command line, killed (SIGKILL, as by the OOM killer or a scheduler) when KILL_AFTER answers are done.
+KILLED_RUN = """
+import os, signal, sys
+
+from finecaption_plugin import lmms_eval_model
+
+done, answer = [0], lmms_eval_model.FineCaption._generate_or_skip
+
+
+def dying(self, batch, gen_kwargs):
+    if done[0] >= int(os.environ["KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    answers = answer(self, batch, gen_kwargs)
+    done[0] += len(batch)
+    return answers
+
+
+lmms_eval_model.FineCaption._generate_or_skip = dying
+from lmms_eval.__main__ import cli_evaluate
+
+sys.argv[0] = "lmms-eval"
+cli_evaluate()
+"""
+
+
+def test_a_killed_run_resumes_without_redoing_finished_answers(
+    single_run: Path, checkpoint: Path, data_root: Path, tmp_path: Path
+):
+    cache = tmp_path / "answers"
+    model_args = f",answers_cache={cache}"
+    killed = _run([sys.executable, "-c", KILLED_RUN], checkpoint, data_root, tmp_path / "killed", model_args=model_args,
+                  extra_env={"KILL_AFTER": "3"})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (cache_file,) = cache.glob("answers-*.jsonl")
+    kept = cache_file.read_text().splitlines()
+    assert 3 <= len(kept) < LIMIT  # the answers made before the kill were kept
+    resumed = _run([str(BIN / "lmms-eval")], checkpoint, data_root, tmp_path / "out", model_args=model_args)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    lines = cache_file.read_text().splitlines()
+    assert lines[: len(kept)] == kept and len(lines) == LIMIT  # only the missing answers were generated
+    assert _predictions(tmp_path / "out") == _predictions(single_run)  # the uninterrupted run's answers
+    assert _scores(tmp_path / "out") == pytest.approx(_scores(single_run), abs=1e-9)
+
+
+def test_results_that_cannot_be_written_exit_nonzero(checkpoint: Path, data_root: Path, tmp_path: Path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # a file where the output folder should be: unwritable even for root
+    run = _run([str(BIN / "lmms-eval")], checkpoint, data_root, blocker / "logs")
+    assert run.returncode == 1
+    assert f"--output_path {blocker / 'logs'} cannot be written" in run.stderr and "nothing was evaluated" in run.stderr

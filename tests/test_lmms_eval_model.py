@@ -336,3 +336,37 @@ def test_share_regions_keeps_on_error_skip(regions: FineCaption, caplog: pytest.
     answers = regions.generate_until(requests)
     assert answers == [*expected[:2], "", *expected[3:]]
     assert "task 'r' doc 2 failed" in caplog.text and "1 of 11 requests failed" in caplog.text
+
+
+def test_answers_cache_keeps_answers_as_they_are_made_and_resumes(tiny_checkpoint: Path, simple: FineCaption,
+                                                                     tmp_path: Path):  # fmt: skip
+    """Issue 12: answers persist batch by batch; a run given the same folder generates only what is missing."""
+    import json
+
+    expected = simple.generate_until(_simple_requests(GREEDY))
+
+    def model() -> FineCaption:
+        cached = FineCaption(pretrained=str(tiny_checkpoint), dtype="float32", batch_size="2",
+                             answers_cache=str(tmp_path / "answers"))  # fmt: skip
+        cached.task_dict = {"t": {"test": _docs()}}
+        generated = []
+        generate = cached._generate
+        cached._generate = lambda batch, kw: generated.extend(args[-3] for args in batch) or generate(batch, kw)
+        return cached, generated
+
+    first, generated = model()
+    assert first.generate_until(_simple_requests(GREEDY)) == expected and sorted(generated) == [0, 1, 2, 3, 4]
+    (cache_file,) = (tmp_path / "answers").glob("answers-*.jsonl")
+    lines = cache_file.read_text().splitlines()
+    assert len(lines) == 5
+    # A run killed after two answers (and in the middle of writing a third line) left this behind.
+    cache_file.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    kept = {json.loads(line)["answer"] for line in lines[:2]}
+    resumed, generated = model()
+    assert resumed.generate_until(_simple_requests(GREEDY)) == expected
+    assert len(generated) == 3 and {expected[i] for i in range(5) if i not in generated} <= kept
+    again, generated = model()  # everything is kept now: nothing to generate
+    assert again.generate_until(_simple_requests(GREEDY)) == expected and generated == []
+    other_settings = FineCaption(pretrained=str(tiny_checkpoint), dtype="float32", max_new_tokens=3,
+                                 answers_cache=str(tmp_path / "answers"))  # fmt: skip
+    assert other_settings.answers_cache.answers == {}  # answers of other settings are not reused

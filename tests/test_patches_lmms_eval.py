@@ -77,3 +77,48 @@ def test_an_unknown_task_name_exits_1_from_the_command_line_only(manager, capsys
     assert "tasks not found: no_such_task_xyz" in capsys.readouterr().err
     # Anyone else gets the matches, as before.
     assert manager.match_tasks(["compositioncap_aarc", "no_such_task_xyz"]) == ["compositioncap_aarc"]
+
+
+def test_results_that_cannot_be_written_end_a_command_line_run_with_1(manager, tmp_path: Path, capsys):
+    """lmms-eval logs "Could not save results" and exits 0; with the fix the command line exits 1, and the
+    Python API gets an OSError (``ResultsNotWrittenError``)."""
+    from finecaption_plugin.patches.lmms_eval.results_written import ResultsNotWrittenError
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    namespace: dict = {}
+    source = (
+        "def cli_evaluate_single(EvaluationTracker, output_path, save):\n"
+        "    tracker = EvaluationTracker(output_path=output_path)\n"
+        "    save(tracker)\n"
+        "    tracker.save_results_aggregated(results={}, samples=None, datetime_str='2026-01-01T00:00:00')\n"
+        "    tracker.save_results_samples(task_name='t', samples=[])\n"
+    )
+    exec(compile(source, str(Path("site-packages", "lmms_eval", "__main__.py")), "exec"), namespace)
+    cli_evaluate_single = namespace["cli_evaluate_single"]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+
+    # An output path that cannot be written stops the run before anything is evaluated.
+    with pytest.raises(SystemExit) as stop:
+        cli_evaluate_single(EvaluationTracker, str(blocker / "out"), lambda tracker: None)
+    assert stop.value.code == 1 and "cannot be written" in capsys.readouterr().err
+    with pytest.raises(ResultsNotWrittenError, match="nothing was evaluated"):
+        EvaluationTracker(output_path=str(blocker / "out"))
+
+    # A write that fails at the end (the folder taken away, a full disk): exit 1, naming the file.
+    def break_folder(tracker):
+        tracker.general_config_tracker.model_name_sanitized = "model"
+        (tmp_path / "out" / "model").write_text("")  # where lmms-eval makes its folder
+
+    with pytest.raises(SystemExit) as stop:
+        cli_evaluate_single(EvaluationTracker, str(tmp_path / "out"), break_folder)
+    assert stop.value.code == 1
+    assert "the results were computed but could not be written to" in capsys.readouterr().err
+    tracker = EvaluationTracker(output_path=str(tmp_path / "out"))
+    tracker.general_config_tracker.model_name_sanitized = "model"
+    with pytest.raises(ResultsNotWrittenError, match="could not be written"):
+        tracker.save_results_aggregated(results={}, samples=None, datetime_str="2026-01-01T00:00:00")
+    # A run that writes its results goes on as before.
+    (tmp_path / "out" / "model").unlink()
+    tracker.save_results_aggregated(results={}, samples=None, datetime_str="2026-01-01T00:00:00")
+    assert (tmp_path / "out" / "model" / "2026-01-01T00-00-00_results.json").is_file()

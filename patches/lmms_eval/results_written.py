@@ -74,7 +74,7 @@ def patch(tracker: type) -> None:
 
 
 def _folder(tracker) -> Path:
-    return Path(tracker.output_path) / tracker.general_config_tracker.model_name_sanitized
+    return Path(tracker.output_path) / str(tracker.general_config_tracker.model_name_sanitized or "")
 
 
 def _fail(message: str, caller) -> None:
