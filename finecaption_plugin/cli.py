@@ -65,10 +65,13 @@ def _train(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     import logging
 
-    from .convert import convert_llava_hr
+    from .convert import ConversionError, convert_llava_hr
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(convert_llava_hr(args.src, args.dst, args.alpha_clip, args.version))
+    try:
+        print(convert_llava_hr(args.src, args.dst, args.alpha_clip, args.version, clip_heads=args.clip_heads))
+    except ConversionError as error:
+        return _input_error(str(error))
     return 0
 
 
@@ -239,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="LLaVA-HR checkpoint folder (config.json, tokenizer, weights)")
     convert.add_argument("dst", help="output folder")
     convert.add_argument("--alpha-clip", help="Alpha-CLIP checkpoint whose conv1_alpha initialises the mask branch")
+    convert.add_argument(
+        "--clip-heads",
+        type=int,
+        help="CLIP's attention heads, when the vision tower the config names does not settle them",
+    )
     convert.add_argument(
         "--version", default="vicuna_v1", help="conversation template of the LLM, for the chat template"
     )

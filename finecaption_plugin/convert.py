@@ -4,8 +4,11 @@ The weights keep their values under FineCaption's names; the mask branch starts 
 model computes exactly what LLaVA-HR computed) or takes Alpha-CLIP's ``conv1_alpha`` (``--alpha-clip``).
 The architecture is read from the tensors (CLIP layers, width, patch and native size; ConvNeXt depths and
 dims; LLaMA layers, widths and vocabulary), so a tiny checkpoint and a released one take the same path.
-What tensors cannot tell comes from LLaVA-HR's ``config.json`` (LLaMA heads, RoPE, norm epsilon) or from
-the conventions of the towers LLaVA-HR uses (CLIP: 64-wide heads, QuickGELU).
+What tensors cannot tell comes from LLaVA-HR's ``config.json`` (LLaMA heads, RoPE, norm epsilon), from the
+CLIP tower it names (its attention heads: ``clip_attention_heads``, from a table of released towers whose width
+must match the tensors, or the tower's own ``config.json`` when it names a local folder; ``--clip-heads``
+overrides; a conversion that cannot settle them stops rather than guess) and from the conventions of the
+towers LLaVA-HR uses (QuickGELU).
 LLaVA-HR marks images with index -200 instead of a token, so ``<image>`` is added to the tokenizer and
 the embeddings grow by a row initialised to the mean of the others.
 """
@@ -29,7 +32,17 @@ FAST_DST = "model.vision_tower.fast_tower."
 SLOW_DST = "model.vision_tower.slow_tower."
 PROJECTOR_DST = "model.multi_modal_projector."
 MASK_DST = "model.vision_tower.fast_mask_embed.weight"
-CLIP_HEAD_DIM = 64  # every OpenAI CLIP ViT (B/16, L/14, L/14-336) uses 64-wide heads
+# Released CLIP towers by the last part of their name: (width, attention heads). The width is checked against the
+# tensors, so a checkpoint that only borrows a name (or a toy one) is not given the wrong heads.
+CLIP_TOWERS = {
+    "clip-vit-base-patch32": (768, 12),
+    "clip-vit-base-patch16": (768, 12),
+    "clip-vit-large-patch14": (1024, 16),
+    "clip-vit-large-patch14-336": (1024, 16),
+    "clip-vit-h-14-laion2b-s32b-b79k": (1280, 16),
+    "clip-vit-g-14-laion2b-s12b-b42k": (1408, 16),
+    "clip-vit-bigg-14-laion2b-39b-b160k": (1664, 16),
+}
 _RENAMES = (
     (re.compile(r"^model\.vision_tower\.align_stages_latent\.(\d+)\."), r"model.vision_tower.adapters.\1."),
     (re.compile(r"^model\.vision_tower\.align_stages\.0\."), "model.vision_tower.fusion."),
@@ -99,8 +112,41 @@ def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for key in state if (m := regex.match(key))})
 
 
+def clip_attention_heads(source: dict, width: int, override: int | None = None, folder: Path | None = None) -> int:
+    """CLIP's attention heads, which its tensors cannot tell: ``override`` (``--clip-heads``), else the tower that
+    LLaVA-HR's config names (``mm_vision_tower``): a local folder's ``config.json``, or a released tower of
+    ``CLIP_TOWERS`` of this width. Raises ``ConversionError`` when none of these settles it."""
+    if override is not None:
+        if override <= 0 or width % override:
+            raise ConversionError(f"--clip-heads {override} does not divide CLIP's width {width}")
+        return override
+    name = str(source.get("mm_vision_tower") or source.get("vision_tower") or "")
+    for candidate in (Path(name), (folder / name) if folder is not None and name else None):
+        if candidate is not None and name and (candidate / "config.json").is_file():
+            config = json.loads((candidate / "config.json").read_text())
+            heads = config.get("vision_config", config).get("num_attention_heads")
+            if isinstance(heads, int) and heads > 0 and width % heads == 0:
+                return heads
+    known = CLIP_TOWERS.get(name.rstrip("/").rsplit("/", 1)[-1].lower())
+    if known is not None and known[0] == width:
+        return known[1]
+    reason = (
+        f"it names {name!r}, whose width is {known[0]}, not {width}" if known
+        else f"it names {name or 'no vision tower'!r}, not a tower of known shape"
+    )  # fmt: skip
+    raise ConversionError(
+        f"cannot tell how many attention heads CLIP (width {width}) has: {reason}; give --clip-heads N "
+        "(OpenAI's CLIP ViTs use 64-wide heads: width / 64)"
+    )
+
+
 def derive_config(
-    state: dict[str, torch.Tensor], source: dict, image_token_id: int, pad_token_id: int | None
+    state: dict[str, torch.Tensor],
+    source: dict,
+    image_token_id: int,
+    pad_token_id: int | None,
+    clip_heads: int | None = None,
+    folder: Path | None = None,
 ):
     """The `FineCaptionConfig` of renamed tensors ``state``, with what tensors cannot tell from ``source``."""
     from finecaption_plugin import FineCaptionConfig
@@ -115,7 +161,7 @@ def derive_config(
         hidden_size=width,
         intermediate_size=state[FAST_DST + "encoder.layers.0.mlp.fc1.weight"].shape[0],
         num_hidden_layers=_count(state, re.escape(FAST_DST) + r"encoder\.layers\.(\d+)\."),
-        num_attention_heads=width // CLIP_HEAD_DIM if width >= CLIP_HEAD_DIM else 1,
+        num_attention_heads=clip_attention_heads(source, width, clip_heads, folder),
         image_size=native_grid * patch_size,
         patch_size=patch_size,
         hidden_act="quick_gelu",
@@ -188,9 +234,16 @@ def _grow(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def convert_llava_hr(
-    src: str | Path, dst: str | Path, alpha_clip: str | Path | None = None, version: str = "vicuna_v1"
+    src: str | Path,
+    dst: str | Path,
+    alpha_clip: str | Path | None = None,
+    version: str = "vicuna_v1",
+    clip_heads: int | None = None,
 ) -> Path:
-    """Write the FineCaption checkpoint of LLaVA-HR checkpoint ``src`` to ``dst`` (model, tokenizer, processor)."""
+    """Write the FineCaption checkpoint of LLaVA-HR checkpoint ``src`` to ``dst`` (model, tokenizer, processor).
+
+    ``clip_heads``: CLIP's attention heads, when the tower the config names does not settle them.
+    """
     import torch
     from transformers import AutoTokenizer
 
@@ -229,7 +282,7 @@ def convert_llava_hr(
     for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
         state[key] = _grow(state[key], rows)
 
-    config = derive_config(state, source, image_token_id, tokenizer.pad_token_id)
+    config = derive_config(state, source, image_token_id, tokenizer.pad_token_id, clip_heads, src)
     patch = state[FAST_DST + "embeddings.patch_embedding.weight"]
     mask_shape = torch.Size([patch.shape[0], 1, *patch.shape[2:]])
     if alpha_clip is not None:

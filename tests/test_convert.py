@@ -110,7 +110,8 @@ def _write_llava_hr(folder: Path, state: dict[str, torch.Tensor], fmt: str) -> P
     config = {
         "model_type": "llava",
         "architectures": ["LlavaLlamaForCausalLM"],
-        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+        # CLIP's heads are not in its tensors: the tower named here (a folder beside the weights) says them.
+        "mm_vision_tower": "clip-tower",
         "vision_tower_slow": "convnext_large_mlp.clip_laion2b_ft_320",
         "is_multipath_encoder": True,
         "input_image_size": IMAGE_SIZE,
@@ -125,6 +126,8 @@ def _write_llava_hr(folder: Path, state: dict[str, torch.Tensor], fmt: str) -> P
         "vocab_size": VOCAB,
     }
     (folder / "config.json").write_text(json.dumps(config))
+    (folder / "clip-tower").mkdir()
+    (folder / "clip-tower" / "config.json").write_text(json.dumps({"hidden_size": WIDTH, "num_attention_heads": 1}))
     _tokenizer().save_pretrained(folder)
     keys = sorted(state)
     halves = [
@@ -313,3 +316,30 @@ def test_convert_command(tmp_path):
     source = _write_llava_hr(tmp_path / "src", _llava_hr_state(28, ""), "bin")
     assert main(["convert", "--from", "llava-hr", str(source), str(tmp_path / "dst")]) == 0
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["model_type"] == "finecaption"
+
+
+def test_clip_heads_come_from_the_named_tower_or_the_flag_never_a_guess(tmp_path):
+    """Issue 12: CLIP's head count is not in its tensors; a 64-wide guess converted a checkpoint with other heads
+    into a model computing different features, silently."""
+    from finecaption_plugin.cli import main
+    from finecaption_plugin.convert import clip_attention_heads
+
+    large = {"mm_vision_tower": "openai/clip-vit-large-patch14-336"}
+    assert clip_attention_heads(large, 1024) == 16
+    assert clip_attention_heads({"mm_vision_tower": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}, 1280) == 16  # 80 wide
+    with pytest.raises(ConversionError, match=r"whose width is 1024, not 768; give --clip-heads N"):
+        clip_attention_heads(large, 768)  # a checkpoint borrowing the name
+    with pytest.raises(ConversionError, match=r"'my/own-clip', not a tower of known shape; give --clip-heads N"):
+        clip_attention_heads({"mm_vision_tower": "my/own-clip"}, 1024)
+    assert clip_attention_heads({"mm_vision_tower": "my/own-clip"}, 1024, override=8) == 8  # 128-wide heads
+    with pytest.raises(ConversionError, match="--clip-heads 3 does not divide CLIP's width 1024"):
+        clip_attention_heads(large, 1024, override=3)
+
+    source = _write_llava_hr(tmp_path / "src", _llava_hr_state(28, ""), "bin")
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "mm_vision_tower": "my/own-clip"}))
+    assert main(["convert", "--from", "llava-hr", str(source), str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+    assert main(["convert", "--from", "llava-hr", str(source), str(tmp_path / "dst"), "--clip-heads", "1"]) == 0
+    converted = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert converted["vision_config"]["num_attention_heads"] == 1
