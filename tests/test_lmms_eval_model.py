@@ -370,3 +370,14 @@ def test_answers_cache_keeps_answers_as_they_are_made_and_resumes(tiny_checkpoin
     other_settings = FineCaption(pretrained=str(tiny_checkpoint), dtype="float32", max_new_tokens=3,
                                  answers_cache=str(tmp_path / "answers"))  # fmt: skip
     assert other_settings.answers_cache.answers == {}  # answers of other settings are not reused
+
+
+def test_lmms_eval_baselines_import_beside_the_plugin():
+    """Issue 12: lmms-eval's own models import decord even for image tasks; the `baselines` extra brings it."""
+    import tomllib
+    from lmms_eval.models import get_model
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert any(requirement.startswith("decord") for requirement in extras["baselines"])
+    assert get_model("llava_hf").__name__ == "LlavaHf"
