@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,10 @@ def load_pretrained(model_path: str | Path, model_base: str | Path | None = None
     model = FineCaptionForConditionalGeneration.from_pretrained(base, dtype=dtype)
     if not saved_modules(model_path) and (model_path / NON_LORA_FILE).is_file():
         load_non_lora_trainables(model, model_path / NON_LORA_FILE)
-    model = PeftModel.from_pretrained(model, model_path)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` alias, which warns on every load.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        model = PeftModel.from_pretrained(model, model_path)
     return model, AutoProcessor.from_pretrained(_processor_folder(model_path, base))
 
 
