@@ -166,7 +166,10 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoError, run_demo
 
     try:
-        run_demo(args.output, images=args.images, seed=args.seed, limit=args.limit, batch_size=args.batch_size)
+        run_demo(
+            args.output, images=args.images, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
+            model=args.model,
+        )  # fmt: skip
     except DemoError as error:
         print(f"finecaption demo: {error}", file=sys.stderr)
         return 1
@@ -326,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_run.add_argument("--seed", type=int, default=DEMO_TEST_SEED, help="test split seed (training used 0)")
     demo_run.add_argument("--limit", type=int, help="lmms-eval --limit: requests per task (a quick run)")
     demo_run.add_argument("--batch-size", type=int, default=16)
+    demo_run.add_argument("--model", help="checkpoint folder (default: the shipped demo model)")
 
     init = _add(sub, "demo-init")
     init.add_argument("directory", help="output folder")

@@ -226,10 +226,19 @@ def test_bad_arguments_are_clear(tiny_checkpoint: Path, tmp_path: Path):
         FineCaption(pretrained=str(tiny_checkpoint), on_error="ignore")
 
 
-def test_load_in_4bit_quantises_the_language_model_only(tiny_checkpoint: Path):
+def test_load_in_4bit_quantises_the_language_model_only(tiny_checkpoint: Path, tmp_path: Path):
+    import torch
     from bitsandbytes.nn import Linear4bit
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = FineCaption(pretrained=str(tiny_checkpoint), load_in_4bit=True, batch_size=2)
+    # A random tiny model's image features are ~0.001 next to token embeddings of ~0.02: give the images a real
+    # signal (a random projector), so that different images get different answers.
+    loud = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(loud.model.multi_modal_projector.linear_2.weight, std=0.5)
+    loud.save_pretrained(tmp_path)
+    AutoProcessor.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path)
+    model = FineCaption(pretrained=str(tmp_path), load_in_4bit=True, batch_size=2)
     model.task_dict = {"t": {"test": _docs()}}
     modules = dict(model.model.named_modules())
     assert isinstance(modules["model.language_model.layers.0.self_attn.q_proj"], Linear4bit)
