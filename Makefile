@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
 	$(PY) -m pip install --quiet $(TORCH_PINS) -e '.[test]'
+	# LLaVA's own code for tests/test_patches_llava.py; --no-deps: its pins would replace torch and transformers.
+	$(PY) -m pip install --quiet --no-deps llava-torch==1.2.2.post1
 	touch $@
 
 # The README's first command: the shipped model on a generated test split, through lmms-eval; prints the metric
