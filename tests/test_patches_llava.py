@@ -205,3 +205,28 @@ def test_load_4bit_quantises_only_the_language_model_and_generates(llava, tiny_c
         image, _ = region_image()
         _, _, ids = llava_cli_generate(llava, tokenizer, model, image_processor, image, "llava_llama_3", "Describe.")
         assert ids.shape[0] == 1 and ids.shape[1] > 0
+
+
+def test_tokenizer_image_token_keeps_the_token_after_image_and_llavas_ids_otherwise(llava):
+    from llava import mm_utils
+    from tokenizers.processors import TemplateProcessing
+
+    from finecaption_plugin.tiny import build_tiny_tokenizer
+
+    patched = mm_utils.tokenizer_image_token
+    original = patched.__wrapped__  # LLaVA's own
+    tokenizer = build_tiny_tokenizer()
+    newline = tokenizer("\n", add_special_tokens=False).input_ids
+    # The LLaMA-3 prompt holds the BOS text and the tokenizer adds none: LLaVA drops the "\n" after <image>.
+    prompt = "<|begin_of_text|>user: <image>\nWhat is it? assistant:"
+    ids = patched(prompt, tokenizer)
+    after = ids[ids.index(-200) + 1 :]
+    assert after[: len(newline)] == newline
+    assert original(prompt, tokenizer) == ids[: ids.index(-200) + 1] + after[1:]
+    # A tokenizer that adds BOS itself (LLaMA-2's, as LLaVA assumes): the same ids as LLaVA's.
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tokenizer.bos_token_id)]
+    )
+    assert tokenizer("a").input_ids[0] == tokenizer.bos_token_id
+    for prompt in ("A chat. USER: <image>\nWhat is it? ASSISTANT:", "<image>\nfirst <image>\nsecond"):
+        assert patched(prompt, tokenizer) == original(prompt, tokenizer)
