@@ -8,6 +8,7 @@ only when the package registry cannot be reached.
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,110 @@ def test_tokenizer_image_token_keeps_the_token_after_image_and_llavas_ids_otherw
     assert tokenizer("a").input_ids[0] == tokenizer.bos_token_id
     for prompt in ("A chat. USER: <image>\nWhat is it? ASSISTANT:", "<image>\nfirst <image>\nsecond"):
         assert patched(prompt, tokenizer) == original(prompt, tokenizer)
+
+
+def llava_train(argv: list[str], monkeypatch) -> list[float]:
+    """LLaVA's own ``llava.train.train.train()`` with ``argv`` -> the logged losses (from trainer_state.json)."""
+    from llava.train import train as llava_train_module
+
+    original_class = llava_train_module.LlavaLlamaForCausalLM
+    monkeypatch.setattr(sys, "argv", ["llava/train/train_mem.py", *argv])
+    llava_train_module.train()
+    assert llava_train_module.LlavaLlamaForCausalLM is original_class  # LLaVA's own pieces are back
+    output = Path(argv[argv.index("--output_dir") + 1])
+    state = json.loads((output / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    from test_train import write_dataset  # LLaVA records with masks in four formats
+
+    return write_dataset(tmp_path_factory.mktemp("llava-data"))
+
+
+def llava_argv(checkpoint: Path, data: Path, output: Path, *extra: str) -> list[str]:
+    """LLaVA's LoRA flags on the tiny model (CPU, float32): `finecaption train`'s test run, LLaVA's spelling."""
+    from test_train import run_args
+
+    llava_flags = ["--vision_tower", "openai/clip-vit-large-patch14-336", "--mm_projector_type", "mlp2x_gelu",
+                   "--evaluation_strategy", "no", "--lazy_preprocess", "True"]  # fmt: skip
+    return [*run_args(checkpoint, data, output, *extra), *llava_flags]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("bits", ["16", "4"])
+def test_llavas_train_runs_lora_and_qlora_with_masks_then_loads_and_generates(
+    llava, tiny_checkpoint, train_data, tmp_path, monkeypatch, bits
+):
+    import bitsandbytes as bnb
+    from llava.model.builder import load_pretrained_model
+
+    output = tmp_path / f"finecaption-tiny-{'q' if bits == '4' else ''}lora"
+    # QLoRA in bf16 runs LLaVA's casts of LoRA layers, "norm" modules and lm_head (bits 4 and bf16 only).
+    extra = ("--bf16", "True") if bits == "4" else ()
+    argv = llava_argv(tiny_checkpoint, train_data, output, "--bits", bits, "--max_steps", "4", *extra)
+    losses = llava_train(argv, monkeypatch)
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    # LLaVA's layout, written by LLaVA's code: adapter, config.json, non_lora_trainables.bin.
+    for name in ("adapter_model.safetensors", "adapter_config.json", "config.json", "non_lora_trainables.bin"):
+        assert (output / name).is_file(), name
+    non_lora = torch.load(output / "non_lora_trainables.bin", weights_only=True)
+    projector = {k: v for k, v in non_lora.items() if "multi_modal_projector" in k}
+    # the projector trained in float32, never packed into 4-bit weights (nor cast by LLaVA's QLoRA code)
+    assert projector and all(v.dtype == torch.float32 and v.dim() in (1, 2) for v in projector.values())
+    assert any("fast_mask_embed" in k for k in non_lora)  # the mask branch trained too
+    adapter = json.loads((output / "adapter_config.json").read_text())
+    assert not any("vision_tower" in target for target in str(adapter["target_modules"]).split("|"))
+
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        str(output), str(tiny_checkpoint), output.name, load_4bit=bits == "4", device="cpu", dtype=torch.float32
+    )
+    if bits == "4":
+        assert any(isinstance(module, bnb.nn.Linear4bit) for module in model.modules())
+    trained = model.get_base_model() if hasattr(model, "get_base_model") else model
+    key = next(k for k in projector if k.endswith("linear_1.weight"))
+    torch.testing.assert_close(trained.model.multi_modal_projector.linear_1.weight.float(), projector[key])
+    image, _ = region_image()
+    _, _, ids = llava_cli_generate(llava, tokenizer, model, image_processor, image, "llama3", "Describe it.")
+    assert ids.shape[0] == 1 and ids.shape[1] > 0
+
+
+@pytest.mark.e2e
+def test_llavas_first_step_loss_equals_finecaption_trains(llava, tiny_checkpoint, train_data, tmp_path, monkeypatch):
+    from finecaption_plugin.train import parse_args, train
+
+    ours = train(*parse_args(run_args_for(tiny_checkpoint, train_data, tmp_path / "ours")))
+    our_losses = [entry["loss"] for entry in ours.state.log_history if "loss" in entry]
+    theirs = llava_train(llava_argv(tiny_checkpoint, train_data, tmp_path / "theirs-lora", "--max_steps", "2"),
+                         monkeypatch)  # fmt: skip
+    # Same records, template (llama3), labels (assistant turns only), seed and LoRA initialisation.
+    assert abs(theirs[0] - our_losses[0]) < 1e-3, (theirs, our_losses)
+
+
+def run_args_for(checkpoint: Path, data: Path, output: Path) -> list[str]:
+    from test_train import run_args
+
+    return run_args(checkpoint, data, output, "--max_steps", "2")
+
+
+@pytest.mark.e2e
+def test_finecaption_llava_train_full_finetune_saves_a_checkpoint_llava_loads(
+    llava, tiny_checkpoint, train_data, tmp_path, monkeypatch
+):
+    from finecaption_plugin.patches.llava.train import main
+    from llava.model.builder import load_pretrained_model
+
+    output = tmp_path / "finecaption-tiny-full"
+    argv = [arg for arg in llava_argv(tiny_checkpoint, train_data, output, "--max_steps", "2")]
+    argv[argv.index("--lora_enable") + 1] = "False"
+    argv += ["--full_finetune", "True"]
+    monkeypatch.setattr(sys, "argv", ["finecaption-llava-train"])
+    assert main(argv) == 0
+    assert (output / "config.json").is_file() and (output / "model.safetensors").is_file()
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        str(output), None, output.name, device="cpu", dtype=torch.float32
+    )
+    image, _ = region_image()
+    _, _, ids = llava_cli_generate(llava, tokenizer, model, image_processor, image, "llama3", "Describe it.")
+    assert ids.shape[1] > 0

@@ -48,12 +48,13 @@ def apply() -> None:
     ``llava.model.builder.load_pretrained_model`` load FineCaption checkpoints, add the ``llava_llama_3``
     template, and keep the token after each ``<image>`` in ``tokenizer_image_token``. Idempotent."""
     check_version()
-    from . import builder, conversation, image_token, trainer_layernorm
+    from . import builder, conversation, image_token, train, trainer_layernorm
 
     trainer_layernorm.patch()
     builder.patch()
     conversation.patch()
     image_token.patch()
+    train.patch()
 
 
 __all__ = ["SUPPORTED_VERSION", "LlavaVersionError", "apply", "check_version", "installed_version"]
