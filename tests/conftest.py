@@ -21,3 +21,21 @@ def processor(tiny_checkpoint: Path):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(tiny_checkpoint)
+
+
+def with_loud_images(source: Path, target: Path, seed: int = 0) -> Path:
+    """A copy of the checkpoint at ``source`` whose projector is random (std 0.5), written to ``target``.
+
+    A freshly initialised tiny model's image features are ~0.001 next to token embeddings of ~0.02, so its answers
+    hardly depend on the image; with a loud projector different images (and masks) get different answers.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    weight = model.model.multi_modal_projector.linear_2.weight
+    weight.data = torch.randn(weight.shape, generator=generator) * 0.5
+    model.save_pretrained(target)
+    AutoProcessor.from_pretrained(source).save_pretrained(target)
+    return target

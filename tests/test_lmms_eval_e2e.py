@@ -23,14 +23,17 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 # Odd, so that one of two processes gets a document fewer (lmms-eval pads the shorter rank).
 LIMIT = 7
-# These random weights answer the first LIMIT documents with 4 distinct answers (seed 0 gives 2),
-# so an answer that reaches the wrong document shows in the per-document comparison.
 SEED = 3
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-finecaption"), seed=SEED)
+    """Random weights whose images matter (a loud projector): the first LIMIT documents get several distinct
+    answers, so an answer that reaches the wrong document shows in the per-document comparison."""
+    from conftest import with_loud_images
+
+    tiny = create_tiny_checkpoint(tmp_path_factory.mktemp("tiny-finecaption"), seed=SEED)
+    return with_loud_images(tiny, tmp_path_factory.mktemp("loud-finecaption"))
 
 
 @pytest.fixture(scope="module")

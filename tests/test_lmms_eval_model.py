@@ -227,17 +227,10 @@ def test_bad_arguments_are_clear(tiny_checkpoint: Path, tmp_path: Path):
 
 
 def test_load_in_4bit_quantises_the_language_model_only(tiny_checkpoint: Path, tmp_path: Path):
-    import torch
     from bitsandbytes.nn import Linear4bit
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from conftest import with_loud_images
 
-    # A random tiny model's image features are ~0.001 next to token embeddings of ~0.02: give the images a real
-    # signal (a random projector), so that different images get different answers.
-    loud = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    torch.manual_seed(0)
-    torch.nn.init.normal_(loud.model.multi_modal_projector.linear_2.weight, std=0.5)
-    loud.save_pretrained(tmp_path)
-    AutoProcessor.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path)
+    with_loud_images(tiny_checkpoint, tmp_path)  # images that change the answers
     model = FineCaption(pretrained=str(tmp_path), load_in_4bit=True, batch_size=2)
     model.task_dict = {"t": {"test": _docs()}}
     modules = dict(model.model.named_modules())
