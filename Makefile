@@ -29,16 +29,16 @@ demo: install
 # untrained demo preset with a tokenizer learnt from their text, a full fine-tune on the CPU, a float16 export.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
-DEMO_STEPS ?= 2500
+DEMO_STEPS ?= 1800
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
 	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0
 	$(VENV)/bin/finecaption train --model_name_or_path $(DEMO_BUILD)/init --version llama3 \
 	    --data_path $(DEMO_BUILD)/data/train.json --image_folder $(DEMO_BUILD)/data \
 	    --full_finetune True --output_dir $(DEMO_BUILD)/run --max_steps $(DEMO_STEPS) \
-	    --per_device_train_batch_size 16 --learning_rate 1.5e-3 --lr_scheduler_type cosine --warmup_steps 100 \
+	    --per_device_train_batch_size 16 --learning_rate 5e-4 --lr_scheduler_type cosine --warmup_steps 100 \
 	    --weight_decay 0.01 --group_by_modality_length True --model_max_length 512 --dataloader_num_workers 0 \
-	    --logging_steps 25 --save_steps 250 --save_total_limit 2 --seed 0 --report_to none
+	    --logging_steps 25 --save_steps 150 --save_total_limit 2 --seed 0 --report_to none
 	$(VENV)/bin/finecaption demo-export $(DEMO_BUILD)/run
 
 test: install
