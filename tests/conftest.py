@@ -24,7 +24,7 @@ def processor(tiny_checkpoint: Path):
 
 
 def with_loud_images(source: Path, target: Path, seed: int = 0) -> Path:
-    """A copy of the checkpoint at ``source`` whose projector is random (std 0.5), written to ``target``.
+    """A copy of the checkpoint at ``source`` whose projector and mask branch are random, written to ``target``.
 
     A freshly initialised tiny model's image features are ~0.001 next to token embeddings of ~0.02, so its answers
     hardly depend on the image; with a loud projector different images (and masks) get different answers.
@@ -34,8 +34,10 @@ def with_loud_images(source: Path, target: Path, seed: int = 0) -> Path:
 
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
-    weight = model.model.multi_modal_projector.linear_2.weight
-    weight.data = torch.randn(weight.shape, generator=generator) * 0.5
+    # the projector, and the mask branch (zero-initialised: masks would change nothing)
+    for weight, std in ((model.model.multi_modal_projector.linear_2.weight, 0.5),
+                        (model.model.vision_tower.fast_mask_embed.weight, 0.05)):  # fmt: skip
+        weight.data = torch.randn(weight.shape, generator=generator) * std
     model.save_pretrained(target)
     AutoProcessor.from_pretrained(source).save_pretrained(target)
     return target

@@ -28,7 +28,7 @@ SEED = 3
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random weights whose images matter (a loud projector): the first LIMIT documents get several distinct
+    """Random weights whose images matter (a loud projector): documents of different images get different
     answers, so an answer that reaches the wrong document shows in the per-document comparison."""
     from conftest import with_loud_images
 
@@ -103,7 +103,8 @@ def test_lmms_eval_run_writes_all_five_metrics(single_run: Path):
     samples = _samples(single_run)
     assert len(samples) == LIMIT
     assert samples[0]["input"] == "Describe the color of the masked region."
-    assert len({json.dumps(answer) for answer in _predictions(single_run).values()}) > 2
+    # the documents of different images get different answers (the per-document comparisons below rely on it)
+    assert len({json.dumps(answer) for answer in _predictions(single_run).values()}) >= 2
     assert "references" not in samples[0]["CIDEr"]  # the references are logged once, in doc and target
     (extras,) = single_run.glob("*/*_compositioncap_aarc")
     (results_file,) = single_run.glob("*/*_results.json")
