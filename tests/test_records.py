@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from compositioncap_fixtures import as_dataset, load_records
 
+from finecaption_plugin import compositioncap
+from finecaption_plugin.compositioncap import select_docs
 from finecaption_plugin.records import CompositionCapError, are_captions, is_caption, read_records
 
 
@@ -136,3 +139,39 @@ def test_a_16_bit_grey_image_keeps_its_greys(tmp_path: Path):
     pixels = np.asarray(open_image(tmp_path / "grey.png"))
     assert pixels.shape == (4, 5, 3) and pixels[0, 0, 0] == 0 and pixels[0, 1, 0] == 255
     assert pixels[1, 1, 0] == 1000 // 257
+
+
+def test_nested_form_flattens_to_checked_records(root: Path, tmp_path: Path):
+    flat = load_records(root)[:7]  # image 0: square (color, shape, dense), circle (same), global
+    nested = {
+        "id": "img0",
+        "image": flat[0]["image"],
+        "height": flat[0]["height"],
+        "width": flat[0]["width"],
+        "global_captions": flat[6]["captions"],
+        "entities": [
+            {
+                "id": shape,
+                "mask": flat[first]["mask"],
+                "dense_captions": flat[first + 2]["captions"],
+                "attributes": {"color": flat[first]["captions"][0], "shape": flat[first + 1]["captions"]},
+            }
+            for shape, first in (("square", 0), ("circle", 3))
+        ],
+    }
+    (tmp_path / "nested.json").write_text(json.dumps([nested]))
+    target = root / compositioncap.TEST_FILE
+    assert compositioncap.convert_nested(tmp_path / "nested.json", target) == 7
+    converted = load_records(root)
+    key = lambda r: (r["task"], r["attribute"] or "", r["captions"][0])  # noqa: E731
+    assert sorted(map(key, converted)) == sorted(map(key, flat))
+    assert {r["id"] for r in converted} >= {"img0_square_color", "img0_circle_dense", "img0_global"}
+    for task in ("aarc", "rdc", "global"):
+        select_docs(as_dataset(converted), task)  # every record passes the checks
+
+
+def test_nested_entity_without_mask_is_named(tmp_path: Path):
+    with pytest.raises(CompositionCapError, match=r"image record 0 \('id' 'a'\): field 'entities\[1\]'"):
+        compositioncap.flatten_image(
+            0, {"image": "a.png", "height": 2, "width": 2, "entities": [{"id": 1, "mask": "x"}, {"id": 2}]}
+        )
