@@ -153,7 +153,21 @@ class FineCaptionFusion(nn.Module):
         return self.fast_proj(fast_tokens) + self.slow_proj(align_to_grid(slow_map, grid))
 
 
-class FineCaptionPreTrainedModel(PreTrainedModel):
+class InitializedLikeBuiltInModels:
+    """Mixin of our `PreTrainedModel`s: transformers initialises their missing weights as it does its own models'.
+
+    transformers skips, in code outside its package, modules whose own parameters are all loaded, since such code
+    may write weights without `transformers.initialization`. Ours uses it (loaded tensors are left alone), and the
+    MR-Adapters (and CLIP's attention and MLP) own no direct parameters: the skip would leave their zero-init
+    convolutions random and CLIP's linears at the generic init.
+    """
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        return cls.is_remote_code()
+
+
+class FineCaptionPreTrainedModel(InitializedLikeBuiltInModels, PreTrainedModel):
     config: FineCaptionConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -170,13 +184,6 @@ class FineCaptionPreTrainedModel(PreTrainedModel):
     # Static shapes throughout (image tokens, grids, the image-token check through `torch_compilable_check`):
     # static-cache generation and `torch.compile(fullgraph=True)` work (tests/test_modeling_finecaption.py).
     _can_compile_fullgraph = True
-
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        # transformers skips, in code outside its package, modules whose own parameters are all loaded, since such
-        # code may write weights without `transformers.initialization`. Ours uses it (loaded tensors are left alone),
-        # and the MR-Adapters own no direct parameters: the skip would leave their zero-init convolutions random.
-        return cls.is_remote_code()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -236,7 +243,7 @@ class FineCaptionPreTrainedModel(PreTrainedModel):
             config.sam_config._attn_implementation_internal = sam_implementation
 
 
-class FineCaptionFastTower(CLIPPreTrainedModel):
+class FineCaptionFastTower(InitializedLikeBuiltInModels, CLIPPreTrainedModel):
     """The CLIP ViT of the fast path, in transformers' CLIP names, without CLS token or post-layernorm.
 
     Being a `CLIPPreTrainedModel` on `vision_config`, it keeps CLIP's own weight initialisation and takes the
@@ -259,12 +266,6 @@ class FineCaptionFastTower(CLIPPreTrainedModel):
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = CLIPEncoder(config)
         self.post_init()
-
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        # As FineCaptionPreTrainedModel: CLIP's attention and MLP own no direct parameters, and the custom-code skip
-        # would leave their linears at the generic init instead of CLIP's.
-        return cls.is_remote_code()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
