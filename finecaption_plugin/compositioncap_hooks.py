@@ -168,6 +168,16 @@ def process_results(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str,
     return dict.fromkeys(metrics, sample)
 
 
+def aggregator(metric: str) -> Callable[..., float]:
+    """lmms-eval ``aggregation`` of ``metric``: ``aggregate`` with the metric bound (``utils.py`` names one each)."""
+
+    def aggregate_metric(samples: Sequence[Mapping[str, Any]], args: Any = None) -> float:
+        return aggregate(samples, metric, args)
+
+    aggregate_metric.__qualname__ = aggregate_metric.__name__ = f"aggregate_{metric}"
+    return aggregate_metric
+
+
 def aggregate(samples: Sequence[Mapping[str, Any]], metric: str, args: Any = None) -> float:
     """``metric`` over all ``samples`` of a task; scores every metric once, writes the report once.
 

@@ -449,12 +449,6 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
-
     @can_return_tuple
     def get_image_features(
         self,
@@ -558,15 +552,6 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
-
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -608,17 +593,8 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
         """`input_ids` `[batch, seq]` with expanded `<image>` tokens, `pixel_values` `[batch, 3, S, S]`,
         `mask_values` `[batch, 1, S, S]` in [0, 1] (None: the whole image) -> logits `[batch, seq, vocab]`, and
         `image_outputs` (see `get_image_features`) when images were given. `return_dict=False` gives a tuple."""
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            mask_values=mask_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            return_dict=True,
-            **kwargs,
-        )
+        inputs = (input_ids, pixel_values, mask_values, attention_mask, position_ids, cache, inputs_embeds)
+        outputs = self.model(*inputs, return_dict=True, **kwargs)
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         loss = None

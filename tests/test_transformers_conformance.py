@@ -550,3 +550,20 @@ def test_static_cache_and_compiled_forward_give_the_dynamic_cache_tokens():
     assert getattr(model, "_compiled_call", None) is not None  # the decoding steps ran through torch.compile
     assert torch.equal(compiled, dynamic)
     assert time.monotonic() - start < 120
+
+
+def test_embedding_accessors_are_transformers_own():
+    """The input/output embedding accessors come from `PreTrainedModel` (no hand-written copies) and reach the
+    language model's `embed_tokens` and the head, so `resize_token_embeddings` resizes both."""
+    model = FineCaptionForConditionalGeneration(tiny_config())
+    embed = model.model.language_model.embed_tokens
+    assert model.get_input_embeddings() is embed and model.model.get_input_embeddings() is embed
+    assert model.get_output_embeddings() is model.lm_head
+    replacement = nn.Embedding(embed.num_embeddings, embed.embedding_dim)
+    model.set_input_embeddings(replacement)
+    assert model.model.language_model.embed_tokens is replacement
+    vocab = embed.num_embeddings
+    model.resize_token_embeddings(vocab + 8)
+    assert model.get_input_embeddings().num_embeddings == vocab + 8
+    assert model.lm_head.out_features == vocab + 8
+    assert model.config.get_text_config().vocab_size == vocab + 8
