@@ -26,13 +26,15 @@ demo: install
 	$(VENV)/bin/finecaption demo --output $(DEMO_OUTPUT) $(DEMO_ARGS)
 
 # Rebuilds the shipped model (finecaption_plugin/demo_model) from nothing: generated training scenes (seed 0), the
-# untrained demo preset with a tokenizer learnt from their text, a full fine-tune on the CPU, a float16 export.
+# demo preset with a tokenizer learnt from their text and its towers pretrained on generated regions (the part
+# Alpha-CLIP's weights play for the full model), a full fine-tune on the CPU, a float16 export.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 1800
+DEMO_TOWER_STEPS ?= 800
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
-	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0
+	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0 --tower-steps $(DEMO_TOWER_STEPS)
 	$(VENV)/bin/finecaption train --model_name_or_path $(DEMO_BUILD)/init --version llama3 \
 	    --data_path $(DEMO_BUILD)/data/train.json --image_folder $(DEMO_BUILD)/data \
 	    --full_finetune True --output_dir $(DEMO_BUILD)/run --max_steps $(DEMO_STEPS) \

@@ -179,7 +179,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _demo_init(args: argparse.Namespace) -> int:
     from .demo import create_demo_init
 
-    print(create_demo_init(args.directory, seed=args.seed))
+    if args.tower_steps < 0:
+        return _input_error(f"--tower-steps {args.tower_steps}: expected 0 or more")
+    print(create_demo_init(args.directory, seed=args.seed, tower_steps=args.tower_steps))
     return 0
 
 
@@ -333,7 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = _add(sub, "demo-init")
     init.add_argument("directory", help="output folder")
-    init.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    init.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the pretraining scenes")
+    init.add_argument(
+        "--tower-steps",
+        type=int,
+        default=0,
+        help="steps of tower pretraining on generated scenes (finecaption_plugin.tower_pretraining); 0: none",
+    )
     export = _add(sub, "demo-export")
     export.add_argument("run", help="the training run's output folder")
     export.add_argument("target", nargs="?", help="destination (default: the package's demo_model folder)")

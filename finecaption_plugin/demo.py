@@ -27,16 +27,29 @@ def demo_checkpoint() -> Path:
     return DEMO_MODEL_DIR
 
 
-def create_demo_init(path: str | Path, seed: int = 0) -> Path:
-    """Write the randomly initialised demo model, with its tokenizer learnt from the generator's text and the
-    chat template's own words (its system prompt would otherwise cost ~130 byte-level tokens per sample)."""
+def create_demo_init(path: str | Path, seed: int = 0, tower_steps: int = 0) -> Path:
+    """Write the demo model before captioning training: random weights, a tokenizer learnt from the generator's text
+    and the chat template's own words (its system prompt would otherwise cost ~130 byte-level tokens per sample),
+    and, for `tower_steps` > 0, its vision tower and projector pretrained on scenes of `seed`
+    (`tower_pretraining`: the role Alpha-CLIP's and ConvNeXt's pretrained weights play for the full model)."""
     from .conversation import TEMPLATES
     from .synth import corpus
     from .tiny import create_tiny_checkpoint
 
     template = TEMPLATES[DEMO_TEMPLATE]
     text = [*corpus(), template.system, "system user assistant"]
-    return create_tiny_checkpoint(path, seed=seed, preset=DEMO_PRESET, corpus=text)
+    path = create_tiny_checkpoint(path, seed=seed, preset=DEMO_PRESET, corpus=text)
+    if tower_steps > 0:
+        import torch
+        from transformers import AutoProcessor
+
+        from .modeling_finecaption import FineCaptionForConditionalGeneration
+        from .tower_pretraining import pretrain_towers
+
+        model = FineCaptionForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        pretrain_towers(model, AutoProcessor.from_pretrained(path), tower_steps, seed=seed)
+        model.save_pretrained(path)
+    return path
 
 
 def export_demo(trained: str | Path, target: str | Path = DEMO_MODEL_DIR) -> Path:

@@ -1,0 +1,56 @@
+"""Tower pretraining (the demo model's stand-in for pretrained Alpha-CLIP / ConvNeXt weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finecaption_plugin.synth import ATTRIBUTE_VALUES, make_scene
+from finecaption_plugin.tower_pretraining import pretrain_towers, region_examples
+
+
+def test_region_examples_show_each_entity_with_its_own_labels(processor):
+    scene = make_scene(5, 0)
+    examples = region_examples(5, processor, {"mask": 1.0})
+    for entity in scene.entities:
+        pixels, mask, labels = next(examples)
+        assert pixels.shape[0] == 3
+        assert {name: ATTRIBUTE_VALUES[name][i] for name, i in labels.items()} == entity.values()
+        expected = processor.image_processor(Image.fromarray(scene.image), masks=entity.mask, return_tensors="pt")
+        assert torch.equal(mask, expected["mask_values"][0])
+    assert next(examples)[2]["color"] == ATTRIBUTE_VALUES["color"].index(make_scene(5, 1).entities[0].color)
+
+
+def test_drawn_styles_give_no_mask_and_change_the_pixels(processor):
+    masked = next(region_examples(5, processor, {"mask": 1.0}))
+    drawn = next(region_examples(5, processor, {"contour": 1.0}))
+    assert torch.all(drawn[1] == 1)  # no mask: the whole image
+    assert not torch.all(masked[1] == 1)
+    assert not torch.equal(masked[0], drawn[0])  # the contour is drawn on the image
+    assert masked[2] == drawn[2]
+
+
+@pytest.fixture()
+def tiny_model(tiny_checkpoint):
+    from transformers import AutoProcessor
+
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+
+    model = FineCaptionForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    return model, AutoProcessor.from_pretrained(tiny_checkpoint)
+
+
+def test_pretraining_trains_the_towers_only_and_lowers_the_probe_loss(tiny_model):
+    model, processor = tiny_model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    losses = pretrain_towers(model, processor, steps=40, batch_size=8, learning_rate=3e-3, progress=False)
+    assert len(losses) == 40 and all(np.isfinite(losses))
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed, "nothing was trained"
+    assert all(name.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for name in changed)
+    assert any(name.startswith("model.vision_tower.fast_mask_embed") for name in changed)  # the mask is read
+    assert any(name.startswith("model.multi_modal_projector.") for name in changed)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert not model.training  # the mode it was given back in (from_pretrained: eval)
