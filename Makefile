@@ -30,8 +30,8 @@ demo: install
 # Alpha-CLIP's weights play for the full model), a full fine-tune on the CPU, a float16 export.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
-DEMO_STEPS ?= 1800
-DEMO_TOWER_STEPS ?= 800
+DEMO_STEPS ?= 2100
+DEMO_TOWER_STEPS ?= 1000
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
 	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0 --tower-steps $(DEMO_TOWER_STEPS)
