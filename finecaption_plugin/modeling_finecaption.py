@@ -40,8 +40,20 @@ from .parts import keep_in_fp32_modules
 _PAST_KEY_VALUES_REMOVED_IN = "5.40.0"
 
 
+class ImageHiddenStatesMixin:
+    """LLaVA's `image_hidden_states` on an output that carries `image_outputs`."""
+
+    image_outputs: BaseModelOutputWithPooling | None
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        """The projected image features `[images, image_tokens, text_hidden]` (LLaVA's name for
+        `image_outputs.pooler_output`); None without images."""
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
+
+
 @dataclass
-class FineCaptionModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+class FineCaptionModelOutputWithPast(ImageHiddenStatesMixin, MultimodalBaseModelOutputWithPast):
     r"""
     [`FineCaptionModel`]'s output: the language model's (`last_hidden_state`, `cache`, `hidden_states`, `attentions`)
     and, when images were given, `image_outputs`, the [`~FineCaptionModel.get_image_features`] output:
@@ -50,25 +62,13 @@ class FineCaptionModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     asked for.
     """
 
-    @property
-    def image_hidden_states(self) -> torch.FloatTensor | None:
-        """The projected image features `[images, image_tokens, text_hidden]` (LLaVA's name for
-        `image_outputs.pooler_output`); None without images."""
-        return None if self.image_outputs is None else self.image_outputs.pooler_output
-
 
 @dataclass
-class FineCaptionCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+class FineCaptionCausalLMOutputWithPast(ImageHiddenStatesMixin, MultimodalCausalLMOutputWithPast):
     r"""
     [`FineCaptionForConditionalGeneration`]'s output: `loss`, `logits` and the language model's `cache`,
     `hidden_states`, `attentions`; `image_outputs` as in [`FineCaptionModelOutputWithPast`].
     """
-
-    @property
-    def image_hidden_states(self) -> torch.FloatTensor | None:
-        """The projected image features `[images, image_tokens, text_hidden]` (LLaVA's name for
-        `image_outputs.pooler_output`); None without images."""
-        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 def align_to_grid(feature_map: torch.Tensor, grid_size: int) -> torch.Tensor:

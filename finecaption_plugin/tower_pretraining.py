@@ -80,17 +80,18 @@ def pretrain_towers(
     examples = region_examples(seed, processor, styles or STYLE_WEIGHTS)
     was_training = model.training
     model.train()
-    losses = []
+    losses, hits = [], {name: [] for name in attributes}
     bar = tqdm(range(steps), desc="pretraining the towers", disable=not progress)
     for _ in bar:
         batch = [next(examples) for _ in range(batch_size)]
         pixels = torch.stack([b[0] for b in batch])
         masks = torch.stack([b[1] for b in batch])
         pooled = model.model.get_image_features(pixels, masks, return_dict=True).pooler_output.mean(1)
-        loss = sum(
-            torch.nn.functional.cross_entropy(probes[str(i)](pooled), torch.tensor([b[2][name] for b in batch]))
-            for i, name in enumerate(attributes)
-        )
+        loss = 0.0
+        for i, name in enumerate(attributes):
+            logits, targets = probes[str(i)](pooled), torch.tensor([b[2][name] for b in batch])
+            loss = loss + torch.nn.functional.cross_entropy(logits, targets)
+            hits[name].append((logits.argmax(-1) == targets).float().mean().item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 5.0)
         optimizer.step()
@@ -98,6 +99,10 @@ def pretrain_towers(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    logger.info("towers pretrained for %d steps: loss %.3f -> %.3f", steps, losses[0], np.mean(losses[-20:]))
+    accuracy = {name: round(float(np.mean(values[-50:])), 3) for name, values in hits.items()}
+    logger.info(
+        "towers pretrained for %d steps: loss %.3f -> %.3f; probe accuracy over the last 50 steps %s",
+        steps, losses[0], np.mean(losses[-20:]), accuracy,
+    )  # fmt: skip
     model.train(was_training)
     return losses
