@@ -179,14 +179,8 @@ def make_workload(images: int, seed: int):
 
 def build(device: str, seed: int, meta: bool = False):
     """Random model and processor: `cpu_config()` in float32, or `finecaption-8b` in bfloat16 on `device`."""
-    from finecaption_plugin import (
-        FineCaptionConfig,
-        FineCaptionForConditionalGeneration,
-        FineCaptionImageProcessor,
-        FineCaptionProcessor,
-    )
-    from finecaption_plugin.conversation import TEMPLATES
-    from finecaption_plugin.tiny import build_tiny_tokenizer
+    from finecaption_plugin import FineCaptionConfig, FineCaptionForConditionalGeneration
+    from finecaption_plugin.tiny import build_tiny_tokenizer, processor_for
 
     tokenizer = build_tiny_tokenizer(384)
     special = dict(image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id)
@@ -194,15 +188,7 @@ def build(device: str, seed: int, meta: bool = False):
         config, dtype = cpu_config(), torch.float32
     else:
         config, dtype = FineCaptionConfig.from_preset("finecaption-8b", **special), torch.bfloat16
-    config.text_config.bos_token_id = tokenizer.bos_token_id
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.pad_token_id = tokenizer.pad_token_id
-    processor = FineCaptionProcessor(
-        image_processor=FineCaptionImageProcessor(image_size=config.image_size),
-        tokenizer=tokenizer,
-        chat_template=TEMPLATES["llama3"].chat_template,
-        num_image_tokens=config.num_image_tokens,
-    )
+    processor = processor_for(config, tokenizer)
     torch.manual_seed(seed)
     with torch.device("meta" if meta else device):
         model = FineCaptionForConditionalGeneration(config)

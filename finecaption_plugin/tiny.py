@@ -57,6 +57,24 @@ def build_tiny_tokenizer(vocab_size: int = 384, corpus: Sequence[str] | None = N
     )
 
 
+def processor_for(config, tokenizer):
+    """The processor (llama3 chat template) of a model of `config` around `tokenizer`; writes the tokenizer's
+    BOS/EOS/padding ids into `config.text_config`, which must agree with them."""
+    from .conversation import TEMPLATES
+    from .image_processing_finecaption import FineCaptionImageProcessor
+    from .processing_finecaption import FineCaptionProcessor
+
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    return FineCaptionProcessor(
+        image_processor=FineCaptionImageProcessor(image_size=config.image_size),
+        tokenizer=tokenizer,
+        chat_template=TEMPLATES["llama3"].chat_template,
+        num_image_tokens=config.num_image_tokens,
+    )
+
+
 def create_tiny_checkpoint(
     path: str | Path, seed: int = 0, preset: str = "tiny", corpus: Sequence[str] | None = None
 ) -> Path:
@@ -68,10 +86,7 @@ def create_tiny_checkpoint(
     import torch
 
     from .configuration_finecaption import FineCaptionConfig
-    from .conversation import TEMPLATES
-    from .image_processing_finecaption import FineCaptionImageProcessor
     from .modeling_finecaption import FineCaptionForConditionalGeneration
-    from .processing_finecaption import FineCaptionProcessor
 
     path = Path(path)
     config = FineCaptionConfig.from_preset(preset)
@@ -79,9 +94,7 @@ def create_tiny_checkpoint(
     config.text_config.vocab_size = len(tokenizer)
     assert tokenizer.convert_tokens_to_ids("<image>") == config.image_token_id
     assert tokenizer.pad_token_id == config.pad_token_id
-    config.text_config.bos_token_id = tokenizer.bos_token_id
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.pad_token_id = tokenizer.pad_token_id
+    processor = processor_for(config, tokenizer)
 
     torch.manual_seed(seed)
     model = FineCaptionForConditionalGeneration(config)
@@ -89,12 +102,5 @@ def create_tiny_checkpoint(
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_text|>")]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
-
-    processor = FineCaptionProcessor(
-        image_processor=FineCaptionImageProcessor(image_size=config.image_size),
-        tokenizer=tokenizer,
-        chat_template=TEMPLATES["llama3"].chat_template,
-        num_image_tokens=config.num_image_tokens,
-    )
     processor.save_pretrained(path)
     return path
