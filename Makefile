@@ -31,7 +31,7 @@ demo: install
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
-DEMO_TOWER_STEPS ?= 1000
+DEMO_TOWER_STEPS ?= 2500
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
 	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0 --tower-steps $(DEMO_TOWER_STEPS)

@@ -65,11 +65,15 @@ _TOY_SAM = dict(
 )
 
 
-def _toy_preset(*, image_size: int, slow_dims: list[int], clip: dict[str, Any], llama: dict[str, Any]) -> dict:
+def _toy_preset(
+    *, image_size: int, slow_dims: list[int], clip: dict[str, Any], llama: dict[str, Any], **options: Any
+) -> dict:
     """A preset at toy widths: a 4-layer CLIP/14 (``clip``: its widths, heads and ``image_size``, which is also
     the fast path's minimum), a 4-stage ConvNeXt of depths 1-1-2-1 and ``slow_dims``, a LLaMA of 4 heads
-    (``llama``: widths, layers, ``vocab_size``), ``_TOY_SAM``; token ids 3 (``<image>``) and 2 (padding)."""
+    (``llama``: widths, layers, ``vocab_size``), ``_TOY_SAM``; token ids 3 (``<image>``) and 2 (padding);
+    ``options``: other config fields."""
     return dict(
+        options,
         vision_config=dict(clip, num_hidden_layers=4, patch_size=14, hidden_act="quick_gelu"),
         text_config=dict(
             llama, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False
@@ -96,11 +100,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The shipped demo model (`finecaption_plugin.demo`): trained from scratch on generated scenes on a 2-core CPU in
     # under an hour, at most 16 MB. 256 px scenes: an 8x8 slow grid and a 112 px CLIP path, i.e. 64 image tokens.
     # vocab_size is the size of the tokenizer learnt from the generator's text (`demo.build_demo_tokenizer`).
+    # Grown from nothing, it reads the mask in the ConvNeXt too (a shape is mostly the outline of its mask, and
+    # the 14 px CLIP patches at 112 px see it coarsely) and starts its layer scale at 1 (see slow_layer_scale_init).
     "demo": _toy_preset(
         image_size=256,
         slow_dims=[24, 48, 96, 128],
         clip=dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, image_size=112, projection_dim=64),
         llama=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=1024),
+        slow_mask_embedding=True,
+        slow_layer_scale_init=1.0,
     ),
     "finecaption-8b": _FINECAPTION_8B,
     "finecaption-x": dict(
@@ -139,6 +147,9 @@ class FineCaptionConfig(PreTrainedConfig):
         sam_config: SAM ViT tower, used when `use_sam_tower` is set; its `image_size` follows `image_size`.
         slow_depths, slow_dims, slow_norm_eps: ConvNeXt stages (timm names), e.g. ConvNeXt-L `[3, 3, 27, 3]`,
             `[192, 384, 768, 1536]`.
+        slow_layer_scale_init: initial value of the ConvNeXt blocks' layer scale (timm's `ls_init_value`): 1e-6,
+            ConvNeXt's own, for weights that are loaded; a model trained from nothing in a few thousand steps
+            learns far faster from 1.0 (the demo preset), its blocks then contributing from the first step.
         image_size: side S of the square input; the model sees `(S / 32) ** 2` image tokens.
         fast_min_image_size: lower bound of the fast path's input side, `max(S / 32 * patch, this)` (336 in
             LLaVA-HR).
@@ -168,6 +179,7 @@ class FineCaptionConfig(PreTrainedConfig):
     slow_depths: list[int] | tuple[int, ...] = (3, 3, 27, 3)
     slow_dims: list[int] | tuple[int, ...] = (192, 384, 768, 1536)
     slow_norm_eps: float = 1e-6
+    slow_layer_scale_init: float = 1e-6
     image_size: int = 1024
     fast_min_image_size: int = 336
     use_sam_tower: bool = False

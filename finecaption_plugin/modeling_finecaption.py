@@ -198,7 +198,7 @@ class FineCaptionPreTrainedModel(InitializedLikeBuiltInModels, PreTrainedModel):
             init.zeros_(module.slow_proj.weight)
             init.zeros_(module.fast_proj.weight)
         elif type(module).__name__ == "ConvNeXtBlock" and module.gamma is not None:  # timm's layer scale
-            init.constant_(module.gamma, 1e-6)
+            init.constant_(module.gamma, self.config.slow_layer_scale_init)
 
     def _move_missing_keys_from_meta_to_device(self, missing_keys, *args, **kwargs) -> None:
         # Loading in float16, transformers casts the loaded weights of `_keep_in_fp32_modules` to float32 but gives a
@@ -298,7 +298,11 @@ class FineCaptionSlowTower(nn.Module):
         from timm.models.convnext import ConvNeXt
 
         convnext = ConvNeXt(
-            depths=config.slow_depths, dims=config.slow_dims, norm_eps=config.slow_norm_eps, num_classes=0
+            depths=config.slow_depths,
+            dims=config.slow_dims,
+            norm_eps=config.slow_norm_eps,
+            ls_init_value=config.slow_layer_scale_init,
+            num_classes=0,
         )
         self.stem = convnext.stem
         self.stages = convnext.stages

@@ -15,11 +15,12 @@ def test_region_examples_show_each_entity_with_its_own_labels(processor):
     scene = make_scene(5, 0)
     examples = region_examples(5, processor, {"mask": 1.0})
     for entity in scene.entities:
-        pixels, mask, labels = next(examples)
+        pixels, mask, labels, entity_mask = next(examples)
         assert pixels.shape[0] == 3
         assert {name: ATTRIBUTE_VALUES[name][i] for name, i in labels.items()} == entity.values()
         expected = processor.image_processor(Image.fromarray(scene.image), masks=entity.mask, return_tensors="pt")
         assert torch.equal(mask, expected["mask_values"][0])
+        assert torch.equal(entity_mask, mask)
     assert next(examples)[2]["color"] == ATTRIBUTE_VALUES["color"].index(make_scene(5, 1).entities[0].color)
 
 
@@ -30,6 +31,7 @@ def test_drawn_styles_give_no_mask_and_change_the_pixels(processor):
     assert not torch.all(masked[1] == 1)
     assert not torch.equal(masked[0], drawn[0])  # the contour is drawn on the image
     assert masked[2] == drawn[2]
+    assert torch.equal(drawn[3], masked[1])  # the entity's own mask, for the probes' pooling only
 
 
 @pytest.fixture()
