@@ -59,11 +59,13 @@ def pretrain_towers(
     batch_size: int = 16,
     learning_rate: float = 2e-3,
     styles: dict[str, float] | None = None,
+    attribute_weights: dict[str, float] | None = None,
     progress: bool = True,
 ) -> list[float]:
     """Train `model`'s vision tower and projector (in place, float32) for `steps` steps of `batch_size` entities of
     scenes of `seed`; returns the loss of each step (the sum over attributes and readouts of the probes'
-    cross-entropy). The probes' accuracy over the last 50 steps is logged."""
+    cross-entropy, each attribute's weighted by `attribute_weights`, 1 by default). The probes' accuracy over the last
+    50 steps is logged."""
     import torch
     from tqdm.auto import tqdm
 
@@ -108,7 +110,8 @@ def pretrain_towers(
             targets = torch.tensor([entity[name] for entity in labels])
             for readout, features in readouts.items():
                 logits = probes[f"{readout}_{i}"](features)
-                loss = loss + torch.nn.functional.cross_entropy(logits, targets)
+                weight = (attribute_weights or {}).get(name, 1.0)
+                loss = loss + weight * torch.nn.functional.cross_entropy(logits, targets)
                 hits[readout][name].append((logits.argmax(-1) == targets).float().mean().item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 5.0)

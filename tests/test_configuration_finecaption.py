@@ -13,6 +13,9 @@ def test_toy_presets_share_the_code_path_at_their_own_sizes():
     assert (tiny.num_image_tokens, demo.num_image_tokens) == (16, 64)  # README: 128 px and 256 px images
     assert (tiny.fast_image_size, demo.fast_image_size) == (56, 112)  # image_size / 32 * 14
     assert all(getattr(c.sam_config, k) == v for k, v in _TOY_SAM.items() for c in (tiny, demo))  # one small SAM
+    # grown from nothing, the demo model reads the mask in its ConvNeXt and starts that ConvNeXt's layer scale at 1
+    assert (demo.slow_mask_embedding, demo.slow_layer_scale_init) == (True, 1.0)
+    assert (tiny.slow_mask_embedding, tiny.slow_layer_scale_init) == (False, 1e-6)
     tiny.sam_config.hidden_size = 64  # each preset gets its own copy
     assert FineCaptionConfig.from_preset("demo").sam_config.hidden_size == 32
 

@@ -65,6 +65,21 @@ def test_mask_branch_parameters_carry_mask_in_their_names():
     assert all(not parameter.any() for name, parameter in model.named_parameters() if "mask" in name)
 
 
+@pytest.mark.parametrize("layer_scale", [None, 1.0])
+def test_convnext_layer_scale_starts_at_the_configured_value_and_survives_a_reload(layer_scale, tmp_path):
+    options = {} if layer_scale is None else {"slow_layer_scale_init": layer_scale}
+    model = FineCaptionForConditionalGeneration(FineCaptionConfig.from_preset("tiny", **options))
+    gammas = [block.gamma for stage in model.model.vision_tower.slow_tower.stages for block in stage.blocks]
+    assert len(gammas) == sum(model.config.slow_depths)
+    expected = 1e-6 if layer_scale is None else layer_scale  # ConvNeXt's own 1e-6 unless told otherwise
+    assert all(torch.equal(gamma, torch.full_like(gamma, expected)) for gamma in gammas)
+    model.save_pretrained(tmp_path)
+    reloaded = FineCaptionForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.slow_layer_scale_init == expected
+    block = reloaded.model.vision_tower.slow_tower.stages[0].blocks[0]
+    assert torch.equal(block.gamma, gammas[0])
+
+
 def test_save_and_reload_gives_identical_logits(model, processor, tmp_path):
     inputs = processor(text=[chat_prompt(processor, "Describe the region.")], images=[random_image(0)],
                        masks=[box_mask(150, 100, (10, 10, 80, 60))], return_tensors="pt")

@@ -56,3 +56,15 @@ def test_pretraining_trains_the_towers_only_and_lowers_the_probe_loss(tiny_model
     assert any(name.startswith("model.multi_modal_projector.") for name in changed)
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     assert not model.training  # the mode it was given back in (from_pretrained: eval)
+    assert not model.model.vision_tower.slow_tower._forward_hooks  # the probes' hook is gone
+
+
+def test_pretraining_teaches_a_mask_reading_convnext_the_mask(tiny_checkpoint, processor):
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+
+    model = FineCaptionForConditionalGeneration.from_pretrained(
+        tiny_checkpoint, dtype=torch.float32, slow_mask_embedding=True
+    )
+    assert not model.model.vision_tower.slow_mask_embed.weight.any()
+    pretrain_towers(model, processor, steps=6, batch_size=4, styles={"mask": 1.0}, progress=False)
+    assert model.model.vision_tower.slow_mask_embed.weight.any()
