@@ -62,12 +62,17 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.args)
 
 
-def _convert(args: argparse.Namespace) -> int:
+def _log_progress() -> None:
+    """Show the library's INFO logs (what a long command did: conversion, merging, tower pretraining)."""
     import logging
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _convert(args: argparse.Namespace) -> int:
     from .convert import ConversionError, convert_llava_hr
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _log_progress()
     try:
         print(convert_llava_hr(args.src, args.dst, args.alpha_clip, args.version, clip_heads=args.clip_heads))
     except ConversionError as error:
@@ -76,11 +81,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    import logging
-
     from .merge import merge_lora
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _log_progress()
     print(merge_lora(args.model_path, args.model_base, args.save_model_path))
     return 0
 
@@ -181,6 +184,7 @@ def _demo_init(args: argparse.Namespace) -> int:
 
     if args.tower_steps < 0:
         return _input_error(f"--tower-steps {args.tower_steps}: expected 0 or more")
+    _log_progress()
     print(create_demo_init(args.directory, seed=args.seed, tower_steps=args.tower_steps))
     return 0
 

@@ -65,6 +65,43 @@ class DiskFullError(OSError):
     """The disk filled up while the run wrote a checkpoint or its outputs."""
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint to resume from was written by another model than the one the command builds."""
+
+
+# Config entries that say how a model was loaded or run, not what it is.
+_RUNTIME_CONFIG_KEYS = frozenset({"transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"})
+
+
+def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the entries both configs hold with different values (sub-configs compared entry by entry)."""
+    differences = []
+    for key in sorted(saved.keys() & current.keys()):
+        if key.startswith("_") or key in _RUNTIME_CONFIG_KEYS:
+            continue
+        if isinstance(saved[key], dict) and isinstance(current[key], dict):
+            differences += _config_differences(saved[key], current[key], f"{prefix}{key}.")
+        elif saved[key] != current[key]:
+            differences.append(f"{prefix}{key}")
+    return differences
+
+
+def check_resumable(checkpoint: str | Path, config) -> None:
+    """Raise `CheckpointMismatchError` when `checkpoint`'s `config.json` describes another model than `config`
+    (a stale `--output_dir` of an earlier run): resuming would otherwise fail deep in the optimizer's state, or
+    silently mix two models' weights."""
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        return
+    differences = _config_differences(json.loads(path.read_text(encoding="utf-8")), config.to_dict())
+    if differences:
+        shown = ", ".join(differences[:5]) + (f" and {len(differences) - 5} more" if len(differences) > 5 else "")
+        raise CheckpointMismatchError(
+            f"{checkpoint}: this checkpoint, which the run would resume from, was written by another model "
+            f"(config differs in {shown}): give a new --output_dir, or remove the old run's checkpoints"
+        )
+
+
 def _disk_full(error: BaseException) -> bool:
     """Whether ``error`` (or its cause) is a failed write for want of space: ENOSPC, or torch's serializer's
     "file write failed", which never says why."""
@@ -243,6 +280,8 @@ def train(model_args, data_args, training_args):
     # A LoRA checkpoint saved before modules_to_save holds the fully trained parts only in LLaVA's file (its
     # adapter has the LoRA layers alone, which peft cannot load beside modules_to_save): such a run goes on in
     # its own layout, the parts trained in place and restored from that file.
+    if resume is not None:
+        check_resumable(resume, model.config)
     old_layout = training_args.lora_enable and resume is not None and not saved_modules(resume)
     if training_args.lora_enable:
         # The fully trained parts as peft's modules_to_save: saved in the adapter, restored with it on resume.
@@ -298,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         train(model_args, data_args, training_args)
-    except (DataError, ConversationError) as error:
+    except (DataError, ConversationError, CheckpointMismatchError) as error:
         print(f"finecaption train: error: {error}", file=sys.stderr)
         return 2
     except DiskFullError as error:

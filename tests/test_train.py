@@ -463,6 +463,27 @@ def test_a_truncated_trainer_state_falls_back_to_the_previous_checkpoint(lora_ru
     assert resumed.state.global_step == 12 and executed == list(range(6, 12))
 
 
+def test_a_stale_output_dir_of_another_model_is_a_clear_error(lora_run, tiny_checkpoint, dataset, tmp_path, capsys):
+    import shutil
+
+    from finecaption_plugin.train import main
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run.args.output_dir, run)
+    for config in run.glob("checkpoint-*/config.json"):  # as written by a model whose ConvNeXt reads the mask
+        saved = json.loads(config.read_text())
+        config.write_text(json.dumps(dict(saved, slow_mask_embedding=True)))
+    before = {path: path.read_bytes() for path in (run / "checkpoint-12").iterdir() if path.is_file()}
+    argv = run_args(tiny_checkpoint, dataset, run, "--max_steps", "14", "--save_steps", "2")
+    assert main(argv) == 2  # before: torch's "loaded state dict contains a parameter group that doesn't match"
+    error = capsys.readouterr().err
+    assert f"finecaption train: error: {run / 'checkpoint-12'}: this checkpoint" in error
+    assert "differs in slow_mask_embedding)" in error and "new --output_dir" in error
+    assert "Traceback" not in error
+    assert not (run / "checkpoint-14").exists()
+    assert all(path.read_bytes() == data for path, data in before.items())
+
+
 def test_a_full_disk_while_saving_says_no_space_left(tiny_checkpoint, dataset, tmp_path, monkeypatch, capsys):
     from finecaption_plugin.train import main
 
