@@ -27,7 +27,9 @@ demo: install
 
 # Rebuilds the shipped model (finecaption_plugin/demo_model) from nothing: generated training scenes (seed 0), the
 # demo preset with a tokenizer learnt from their text and its towers pretrained on generated regions (the part
-# Alpha-CLIP's weights play for the full model), a full fine-tune on the CPU, a float16 export.
+# Alpha-CLIP's weights play for the full model), a captioning run on the CPU with the pretrained CLIP and ConvNeXt
+# kept frozen (as LLaVA-HR's fine-tuning does; training them with the captioning loss erodes what they learnt) and
+# the mask branch, adapters, projector and language model trained fully, then a float16 export.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
@@ -37,7 +39,7 @@ demo-model: install
 	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0 --tower-steps $(DEMO_TOWER_STEPS)
 	$(VENV)/bin/finecaption train --model_name_or_path $(DEMO_BUILD)/init --version llama3 \
 	    --data_path $(DEMO_BUILD)/data/train.json --image_folder $(DEMO_BUILD)/data \
-	    --full_finetune True --output_dir $(DEMO_BUILD)/run --max_steps $(DEMO_STEPS) \
+	    --output_dir $(DEMO_BUILD)/run --max_steps $(DEMO_STEPS) \
 	    --per_device_train_batch_size 16 --learning_rate 5e-4 --lr_scheduler_type cosine --warmup_steps 100 \
 	    --weight_decay 0.01 --group_by_modality_length True --model_max_length 512 --dataloader_num_workers 0 \
 	    --logging_steps 25 --save_steps 150 --save_total_limit 2 --seed 0 --report_to none
