@@ -154,8 +154,10 @@ def run_mode(args) -> dict:
     model.config.use_cache = False
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = add_lora(model, training_args)
-    counts = set_trainable(model, {"mask", "connector", "projector"}, upcast=True)
+    # As `finecaption train`: the fully trained parts become peft modules_to_save, trained copies beside the originals.
+    parts = {"mask", "connector", "projector"}
+    model = add_lora(model, training_args, parts)
+    counts = set_trainable(model, parts, upcast=True)
     model.train()
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
