@@ -42,13 +42,9 @@ SUMMARY_KEYS = (
 # bf16 matrix products are slow on CPUs without bf16 units: a LLaMA small enough for minutes, whose decoder
 # layers (quantised by QLoRA) still hold most weights, as in FineCaption-8B.
 CPU_TEXT_CONFIG = dict(
-    hidden_size=2048,
-    intermediate_size=5632,
-    num_hidden_layers=8,
-    num_attention_heads=16,
-    num_key_value_heads=4,
+    hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
     vocab_size=32000,
-)
+)  # fmt: skip
 
 
 def _config(args):

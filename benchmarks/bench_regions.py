@@ -58,13 +58,9 @@ def cpu_config():
         "tiny",
         vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2),
         text_config=dict(
-            hidden_size=384,
-            intermediate_size=1024,
-            num_hidden_layers=3,
-            num_attention_heads=6,
-            num_key_value_heads=2,
+            hidden_size=384, intermediate_size=1024, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
             max_position_embeddings=2048,
-        ),
+        ),  # fmt: skip
         slow_depths=[1, 1, 3, 1],
         slow_dims=[12, 24, 48, 96],
         image_size=1024,

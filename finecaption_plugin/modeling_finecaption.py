@@ -455,11 +455,7 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
 
     @can_return_tuple
     def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        mask_values: torch.Tensor | None = None,
-        slow_map: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
+        self, pixel_values: torch.Tensor, mask_values: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple | BaseModelOutputWithPooling:
         """Image features of `[batch, 3, S, S]` pixels and `[batch, 1, S, S]` masks, as transformers' VLMs give them:
         `pooler_output` the projected features `[batch, image_tokens, text_hidden]` (what replaces the `<image>`
@@ -467,9 +463,10 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
         `output_hidden_states`/`output_attentions` the CLIP layers' hidden states and attentions. `return_dict=False`
         (or the config's) gives a tuple.
 
-        `slow_map`: the vision tower's `slow_features` of the pixels, when shared by several masks of one image.
+        Other keyword arguments go to the vision tower: `slow_map`, its `slow_features` of the pixels when shared by
+        several masks of one image (see [`FineCaptionVisionTower.forward`]).
         """
-        vision_outputs = self.vision_tower(pixel_values, mask_values, slow_map, return_dict=True, **kwargs)
+        vision_outputs = self.vision_tower(pixel_values, mask_values, return_dict=True, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=self.multi_modal_projector(vision_outputs.last_hidden_state),
@@ -488,18 +485,20 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
         )
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVED_IN, new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         mask_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | FineCaptionModelOutputWithPast:
+        """`input_ids` `[batch, seq]` with expanded `<image>` tokens (or the keyword `inputs_embeds` `[batch, seq,
+        hidden]`), `pixel_values` `[batch, 3, S, S]`, `mask_values` `[batch, 1, S, S]` -> the decoder's
+        `last_hidden_state` `[batch, seq, hidden]`, and `image_outputs` when images were given. The language model's
+        arguments (`inputs_embeds`, `attention_mask`, `position_ids`, `cache`, `use_cache`, ...) are keywords passed
+        on to it; [`FineCaptionForConditionalGeneration.forward`] names them all, as `generate()` reads its
+        signature."""
+        inputs_embeds = kwargs.pop("inputs_embeds", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -508,14 +507,7 @@ class FineCaptionModel(FineCaptionPreTrainedModel):
         if pixel_values is not None:
             image_outputs = self.get_image_features(pixel_values, mask_values, return_dict=True, **kwargs)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_outputs.pooler_output)
-        outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            return_dict=True,
-            **kwargs,
-        )
+        outputs = self.language_model(inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
         return FineCaptionModelOutputWithPast(**outputs, image_outputs=image_outputs)
 
     def get_placeholder_mask(
@@ -556,16 +548,10 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
-    def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        mask_values: torch.Tensor | None = None,
-        slow_map: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple | BaseModelOutputWithPooling:
-        """[`FineCaptionModel.get_image_features`]: `pooler_output` the projected features `[batch, image_tokens,
-        text_hidden]`."""
-        return self.model.get_image_features(pixel_values, mask_values, slow_map, **kwargs)
+    def get_image_features(self, *args, **kwargs: Unpack[TransformersKwargs]) -> tuple | BaseModelOutputWithPooling:
+        """[`FineCaptionModel.get_image_features`] (same arguments): `pooler_output` the projected features
+        `[batch, image_tokens, text_hidden]`."""
+        return self.model.get_image_features(*args, **kwargs)
 
     def caption_regions(self, processor, image, masks, prompts, **kwargs) -> list:
         """Captions of many masks of an image, one or more prompts each, with the vision work and the prompt prefill
@@ -597,8 +583,17 @@ class FineCaptionForConditionalGeneration(FineCaptionPreTrainedModel, Generation
         """`input_ids` `[batch, seq]` with expanded `<image>` tokens, `pixel_values` `[batch, 3, S, S]`,
         `mask_values` `[batch, 1, S, S]` in [0, 1] (None: the whole image) -> logits `[batch, seq, vocab]`, and
         `image_outputs` (see `get_image_features`) when images were given. `return_dict=False` gives a tuple."""
-        inputs = (input_ids, pixel_values, mask_values, attention_mask, position_ids, cache, inputs_embeds)
-        outputs = self.model(*inputs, return_dict=True, **kwargs)
+        outputs = self.model(
+            input_ids,
+            pixel_values,
+            mask_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         loss = None

@@ -310,7 +310,8 @@ class RegionCaptioner:
             slow_map, images_encoded = None, len(masks)
         else:
             slow_map, images_encoded = tower.slow_features(pixel_values)[region_images], len(pixels)
-        features = model.model.get_image_features(region_pixels, mask_values, slow_map, return_dict=True).pooler_output
+        features = model.model.get_image_features(region_pixels, mask_values, slow_map=slow_map, return_dict=True)
+        features = features.pooler_output
 
         # Prefill each group's common prefix (left-padded), then copy its cache rows for the group's questions.
         group_list = list(groups.values())

@@ -229,6 +229,31 @@ def test_model_outputs_carry_the_image_outputs():
     assert text_only.image_outputs is None and text_only.image_hidden_states is None
 
 
+def test_base_model_passes_the_language_model_arguments_by_keyword():
+    """FineCaptionModel.forward names only what it uses (input_ids, pixel_values, mask_values; inputs_embeds by
+    keyword) and hands attention_mask, position_ids, ... to the language model: they change its output as they
+    change the generation class's, and a positional fourth argument is refused instead of silently misread."""
+    config = tiny_config()
+    model = open_mask_branch(FineCaptionForConditionalGeneration(config)).eval()
+    inputs = model_inputs(config)
+    attention_mask = torch.ones_like(inputs["input_ids"])
+    attention_mask[:, 0] = 0  # as a left pad
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        plain = model.model(**inputs).last_hidden_state
+        masked = model.model(**inputs, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        full = model(**inputs, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True)
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        from_embeds = model.model(
+            inputs_embeds=embeds, pixel_values=inputs["pixel_values"], mask_values=inputs["mask_values"]
+        ).last_hidden_state
+    assert not torch.allclose(plain[:, 1:], masked[:, 1:])
+    torch.testing.assert_close(masked, full.hidden_states[-1], rtol=0, atol=0)
+    torch.testing.assert_close(from_embeds, plain, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError):
+        model.model(inputs["input_ids"], inputs["pixel_values"], inputs["mask_values"], attention_mask)
+
+
 def test_model_outputs_equivalence():
     """`return_dict=False` (argument or config) gives the dict output's `to_tuple()`, for both model classes."""
     config = tiny_config()
