@@ -68,3 +68,19 @@ def test_pretraining_teaches_a_mask_reading_convnext_the_mask(tiny_checkpoint, p
     assert not model.model.vision_tower.slow_mask_embed.weight.any()
     pretrain_towers(model, processor, steps=6, batch_size=4, styles={"mask": 1.0}, progress=False)
     assert model.model.vision_tower.slow_mask_embed.weight.any()
+
+
+def test_attribute_weights_scale_each_attributes_probe_loss(tiny_checkpoint, processor):
+    """The first step's loss (before any update) is the weighted sum of the attributes' probe losses."""
+    from finecaption_plugin import FineCaptionForConditionalGeneration
+
+    def first_loss(weights):
+        model = FineCaptionForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+        return pretrain_towers(model, processor, steps=1, batch_size=4, attribute_weights=weights, progress=False)[0]
+
+    plain = first_loss(None)
+    assert first_loss({name: 2.0 for name in ATTRIBUTE_VALUES}) == pytest.approx(2 * plain, rel=1e-5)
+    only_color = first_loss({name: float(name == "color") for name in ATTRIBUTE_VALUES})
+    without_color = first_loss({"color": 0.0})
+    assert 0 < only_color < plain
+    assert only_color + without_color == pytest.approx(plain, rel=1e-5)
