@@ -27,7 +27,8 @@ demo: install
 
 # Rebuilds the shipped model (finecaption_plugin/demo_model) from nothing: generated training scenes (seed 0), the
 # demo preset with a tokenizer learnt from their text and its towers pretrained on generated regions (the part
-# Alpha-CLIP's weights play for the full model), a captioning run on the CPU with the pretrained CLIP and ConvNeXt
+# Alpha-CLIP's weights play for the full model; texture and category weighted, demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS),
+# a captioning run on the CPU with the pretrained CLIP and ConvNeXt
 # kept frozen (as LLaVA-HR's fine-tuning does; training them with the captioning loss erodes what they learnt) and
 # the mask branch, adapters, projector and language model trained fully, then a float16 export.
 DEMO_BUILD ?= build/demo-model

@@ -15,6 +15,9 @@ DEMO_PRESET = "demo"
 DEMO_TEMPLATE = "llama3"  # the conversation template (`--version`) it is trained and prompted with
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 STORAGE_DTYPE = "float16"
+# Tower pretraining's weight on each attribute's probe loss (others 1): texture and category are what the towers
+# learn last (benchmarks/README.md, "What was measured on the way").
+DEMO_TOWER_ATTRIBUTE_WEIGHTS = {"materials/texture": 3.0, "category name": 2.0}
 
 
 def demo_checkpoint() -> Path:
@@ -31,7 +34,8 @@ def create_demo_init(path: str | Path, seed: int = 0, tower_steps: int = 0) -> P
     """Write the demo model before captioning training: random weights, a tokenizer learnt from the generator's text
     and the chat template's own words (its system prompt would otherwise cost ~130 byte-level tokens per sample),
     and, for `tower_steps` > 0, its vision tower and projector pretrained on scenes of `seed`
-    (`tower_pretraining`: the role Alpha-CLIP's and ConvNeXt's pretrained weights play for the full model)."""
+    (`tower_pretraining`, texture and category weighted by `DEMO_TOWER_ATTRIBUTE_WEIGHTS`: the role Alpha-CLIP's
+    and ConvNeXt's pretrained weights play for the full model)."""
     from .conversation import TEMPLATES
     from .synth import corpus
     from .tiny import create_tiny_checkpoint
@@ -47,7 +51,8 @@ def create_demo_init(path: str | Path, seed: int = 0, tower_steps: int = 0) -> P
         from .tower_pretraining import pretrain_towers
 
         model = FineCaptionForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-        pretrain_towers(model, AutoProcessor.from_pretrained(path), tower_steps, seed=seed)
+        processor = AutoProcessor.from_pretrained(path)
+        pretrain_towers(model, processor, tower_steps, seed=seed, attribute_weights=DEMO_TOWER_ATTRIBUTE_WEIGHTS)
         model.save_pretrained(path)
     return path
 
