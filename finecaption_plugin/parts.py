@@ -73,8 +73,8 @@ COMPONENTS: tuple[Component, ...] = (
 
 _FREEZE_PROJECTOR = "freeze_mm_mlp_adapter"
 PARTS_TABLE: tuple[Part, ...] = (
-    Part("mask", {"mask": None, "full": None, "finetune": None}),
-    Part("connector", {"pretrain": None, "full": None, "finetune": None}),
+    Part("mask", {"mask": None, "full": None, "finetune": "freeze_mask_branch"}),
+    Part("connector", {"pretrain": None, "full": None, "finetune": "freeze_connector"}),
     Part("projector", {"pretrain": _FREEZE_PROJECTOR, "full": _FREEZE_PROJECTOR, "finetune": _FREEZE_PROJECTOR}),
     Part("vision", {"full": None, "finetune": "freeze_vision"}),
     Part("language", {"full": None, "finetune": "freeze_backbone"}, lora=True),

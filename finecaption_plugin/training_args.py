@@ -60,6 +60,12 @@ class ModelArguments:
     freeze_vision: bool = field(
         default=True, metadata={"help": "LLaVA-HR: keep the CLIP and ConvNeXt towers frozen"}
     )
+    freeze_mask_branch: bool = field(
+        default=False, metadata={"help": "fine-tuning stage: keep the mask branch (Alpha-CLIP convs) frozen"}
+    )
+    freeze_connector: bool = field(
+        default=False, metadata={"help": "fine-tuning stage: keep the MR-adapters and fusion frozen"}
+    )
     pretrain_mm_mlp_adapter: str | None = field(
         default=None, metadata={"help": "mm_projector.bin of a stage-1 run, loaded into the projector"}
     )

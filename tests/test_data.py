@@ -357,6 +357,7 @@ def test_architecture_flags_must_match_the_checkpoint(tmp_path):
         ({"full_finetune": True}, {"mask", "connector", "projector", "vision", "language"}),
         ({}, {"mask", "connector", "projector", "language"}),
         ({"freeze_vision": False, "freeze_backbone": True}, {"mask", "connector", "projector", "vision"}),
+        ({"freeze_mask_branch": True, "freeze_connector": True}, {"projector", "language"}),
     ],
 )
 def test_stages_train_their_parts(tiny_checkpoint, flags, trained):
@@ -373,6 +374,11 @@ def test_stages_train_their_parts(tiny_checkpoint, flags, trained):
         assert param.requires_grad == (part_of(name) in trained), name
     assert part_of("model.vision_tower.fast_mask_embed.weight") == "mask"
     assert part_of("model.vision_tower.fast_tower.encoder.layers.0.self_attn.q_proj.weight") == "vision"
+    # A vision side with nothing to train builds no autograd graph, so the training step skips its backward.
+    size = model.config.image_size
+    pixels, masks = torch.zeros(1, 3, size, size), torch.ones(1, 1, size, size)
+    features = model.model.vision_tower(pixels, masks, return_dict=True).last_hidden_state
+    assert features.requires_grad == bool(trained & {"mask", "connector", "vision"})
 
 
 @pytest.mark.parametrize("lora_bias", ["none", "all", "lora_only"])

@@ -164,6 +164,19 @@ def test_trained_parts_per_stage_and_flags_as_before(stage):
         assert trained_parts(model_args, training_args) == expected, (model_args, training_args)
 
 
+@pytest.mark.parametrize("stage", [None, "tune_mm_mlp_adapter", "tune_mask_branch", "full_finetune"])
+def test_freeze_mask_branch_and_connector_act_in_the_fine_tuning_stage_only(stage):
+    flags = dict.fromkeys(FLAG_NAMES[:3], False)
+    if stage:
+        flags[stage] = True
+    training_args = SimpleNamespace(lora_enable=False, freeze_mm_mlp_adapter=False)
+    plain = trained_parts(SimpleNamespace(**flags, freeze_vision=True, freeze_backbone=False), training_args)
+    for freeze, part in (("freeze_mask_branch", "mask"), ("freeze_connector", "connector")):
+        model_args = SimpleNamespace(**flags, freeze_vision=True, freeze_backbone=False, **{freeze: True})
+        expected = plain - {part} if stage is None else plain
+        assert trained_parts(model_args, training_args) == expected, (stage, freeze)
+
+
 def test_trained_parts_refuses_two_stages():
     model_args = SimpleNamespace(tune_mm_mlp_adapter=True, tune_mask_branch=True, full_finetune=False)
     with pytest.raises(ValueError, match="at most one"):
