@@ -139,16 +139,21 @@ def build_samples(
     image_folder: str | Path | None,
     allow_outside: bool = False,
     check_files: bool = True,
+    progress: bool = False,
 ) -> list[Sample]:
     """Check every record and turn it into samples (CompositionCap records give one per caption).
 
     ``check_files``: decode every image and mask now (the sizes from headers first), so a broken one is named
-    before the model loads. ``allow_outside``: image and mask paths may leave the data folder.
+    before the model loads. ``allow_outside``: image and mask paths may leave the data folder. ``progress``: a
+    progress bar over the records (decoding ~100k masks takes about a minute on 2 CPUs).
     """
+    from tqdm.auto import tqdm
+
     samples = []
     root = Path(image_folder) if image_folder else None
     image_sizes: dict[Path, tuple[int, int]] = {}
-    for index, record in enumerate(records):
+    checked = tqdm(records, desc="checking the training data", unit="record", disable=not progress)
+    for index, record in enumerate(checked):
         name = record_name(index, record)
         image = record.get("image")
         if image is not None and not isinstance(image, str):

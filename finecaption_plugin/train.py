@@ -254,6 +254,7 @@ def train(model_args, data_args, training_args):
         template,
         data_args.image_folder,
         allow_outside=data_args.allow_outside_data_folder,
+        progress=training_args.local_rank in (-1, 0) and not training_args.disable_tqdm,
     )
     processor = AutoProcessor.from_pretrained(
         model_args.model_name_or_path, cache_dir=training_args.cache_dir

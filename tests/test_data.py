@@ -58,6 +58,15 @@ def _dataset(records, processor, folder, version="llama3", max_length=512) -> Su
     return SupervisedDataset(samples, processor, template, folder, max_length)
 
 
+def test_build_samples_shows_its_progress_only_when_asked(image_folder, capsys):
+    records = [{"id": f"r{i}", "image": "a.png", "conversations": _conversation()} for i in range(3)]
+    template = get_template("llama3")
+    assert len(build_samples(records, template, image_folder)) == 3
+    assert "checking the training data" not in capsys.readouterr().err
+    assert len(build_samples(records, template, image_folder, progress=True)) == 3
+    assert "checking the training data: 100%" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("version", ["llama3", "vicuna_v1", "v1", "plain"])
 def test_only_assistant_replies_are_trained(processor, version):
     tokenizer = processor.tokenizer
