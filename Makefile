@@ -35,6 +35,9 @@ DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
 DEMO_TOWER_STEPS ?= 2500
+# More `finecaption train` flags, e.g. "--freeze_mask_branch True --freeze_connector True" (benchmarks/README.md,
+# item 8: faster steps, a less accurate model).
+DEMO_TRAIN_FLAGS ?=
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
 	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0 --tower-steps $(DEMO_TOWER_STEPS)
@@ -43,7 +46,7 @@ demo-model: install
 	    --output_dir $(DEMO_BUILD)/run --max_steps $(DEMO_STEPS) \
 	    --per_device_train_batch_size 16 --learning_rate 5e-4 --lr_scheduler_type cosine --warmup_steps 100 \
 	    --weight_decay 0.01 --group_by_modality_length True --model_max_length 512 --dataloader_num_workers 0 \
-	    --logging_steps 25 --save_steps 150 --save_total_limit 2 --seed 0 --report_to none
+	    --logging_steps 25 --save_steps 150 --save_total_limit 2 --seed 0 --report_to none $(DEMO_TRAIN_FLAGS)
 	$(VENV)/bin/finecaption demo-export $(DEMO_BUILD)/run
 
 test: install
