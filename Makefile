@@ -28,15 +28,14 @@ demo: install
 # Rebuilds the shipped model (finecaption_plugin/demo_model) from nothing: generated training scenes (seed 0), the
 # demo preset with a tokenizer learnt from their text and its towers pretrained on generated regions (the part
 # Alpha-CLIP's weights play for the full model; texture and category weighted, demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS),
-# a captioning run on the CPU with the pretrained CLIP and ConvNeXt
-# kept frozen (as LLaVA-HR's fine-tuning does; training them with the captioning loss erodes what they learnt) and
-# the mask branch, adapters, projector and language model trained fully, then a float16 export.
+# a captioning run on the CPU with the whole pretrained vision side (CLIP, ConvNeXt, mask branch, adapters) kept
+# frozen (training the towers with the captioning loss erodes what they learnt) and the projector and language model
+# trained fully, then a float16 export. About 69 min on this 2-core machine (benchmarks/results/demo_model_training.log).
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
-DEMO_TOWER_STEPS ?= 2500
-# More `finecaption train` flags, e.g. "--freeze_mask_branch True --freeze_connector True" (benchmarks/README.md,
-# item 8: faster steps, a less accurate model).
+DEMO_TOWER_STEPS ?= 5000
+# More `finecaption train` flags (later ones win).
 DEMO_TRAIN_FLAGS ?=
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
@@ -46,7 +45,8 @@ demo-model: install
 	    --output_dir $(DEMO_BUILD)/run --max_steps $(DEMO_STEPS) \
 	    --per_device_train_batch_size 16 --learning_rate 5e-4 --lr_scheduler_type cosine --warmup_steps 100 \
 	    --weight_decay 0.01 --group_by_modality_length True --model_max_length 512 --dataloader_num_workers 0 \
-	    --logging_steps 25 --save_steps 150 --save_total_limit 2 --seed 0 --report_to none $(DEMO_TRAIN_FLAGS)
+	    --logging_steps 25 --save_steps 150 --save_total_limit 2 --seed 0 --report_to none \
+	    --freeze_mask_branch True --freeze_connector True $(DEMO_TRAIN_FLAGS)
 	$(VENV)/bin/finecaption demo-export $(DEMO_BUILD)/run
 
 test: install
