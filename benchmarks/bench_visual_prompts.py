@@ -10,7 +10,9 @@ every entity is asked five ways, in one run of one model:
 
 Reported per style: attribute accuracy overall, per attribute and on the entities whose box holds another
 entity's pixels (`overlap_accuracy`: where a box is ambiguous and a mask is not), the chance level, and the five
-caption metrics of Table 2 over the attribute captions (x100 in the table, fractions in the JSON for accuracy).
+caption metrics of Table 2 over the attribute captions (x100 in the table, fractions in the JSON for accuracy);
+in the JSON also, per attribute and true value, the values the predictions stated (`per_value`), and under the
+table the most frequent mistakes of the `mask` style.
 
     python benchmarks/bench_visual_prompts.py --images 100 --seed 1234 --out benchmarks/results/visual_prompts.json
 """
@@ -96,7 +98,8 @@ def summarize(samples: list[dict]) -> dict:
         "accuracy": {"overall": accuracy["overall"], **{k: v["accuracy"] for k, v in per_attribute.items()}},
         "overlap_accuracy": overlapping["overall"] if overlapping else None,
         "chance": accuracy["chance"],
-        "chance_per_attribute": {k: v["chance"] for k, v in accuracy["per_attribute"].items()},
+        "chance_per_attribute": {k: v["chance"] for k, v in per_attribute.items()},
+        "per_value": {k: v["per_value"] for k, v in per_attribute.items()},
         "metrics": {name: scores[name] for name in METRIC_NAMES},
         "samples": len(samples),
     }
@@ -117,6 +120,11 @@ def print_table(results: dict) -> None:
     for row in rows:
         print(f"{row[0]:>9}  " + "  ".join(f"{100 * v:9.1f}" if v is not None else f"{'-':>9}" for v in row[1:]))
     print("accuracy and chance in %, metrics x100 (BERTScore: the offline MiniLM, rescaled)")
+    if "mask" in styles:
+        from finecaption_plugin.attribute_accuracy import format_confusions
+
+        per_attribute = {name: {"per_value": rows} for name, rows in styles["mask"]["per_value"].items()}
+        print("mask: " + format_confusions(per_attribute))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,7 @@ def run_demo(
     import sys
     import time
 
-    from .attribute_accuracy import format_table
+    from .attribute_accuracy import format_confusions, format_table
     from .synth import write_synth
 
     output = Path(output)
@@ -128,6 +128,7 @@ def run_demo(
         if breakdown.get("attribute_accuracy"):
             print()
             print(format_table(breakdown["attribute_accuracy"], title=f"{breakdown['variant']} attribute"))
+            print(format_confusions(breakdown["attribute_accuracy"]["per_attribute"]))
     if not galleries:
         raise DemoError(f"lmms-eval wrote no CompositionCap breakdown under {logs}")
     print("\nGalleries (open in a browser):")
