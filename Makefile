@@ -30,11 +30,12 @@ demo: install
 # Alpha-CLIP's weights play for the full model; texture and category weighted, demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS),
 # a captioning run on the CPU with the whole pretrained vision side (CLIP, ConvNeXt, mask branch, adapters) kept
 # frozen (training the towers with the captioning loss erodes what they learnt) and the projector and language model
-# trained fully, then a float16 export. About 69 min on this 2-core machine (benchmarks/results/demo_model_training.log).
+# trained fully, then a float16 export. 49 min on the 2-core Intel Xeon it was built on; about 85 on a 2-core AMD EPYC,
+# whose steps are 1.7x slower (benchmarks/results/demo_model_training.log).
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
-DEMO_TOWER_STEPS ?= 5000
+DEMO_TOWER_STEPS ?= 7000
 # More `finecaption train` flags (later ones win).
 DEMO_TRAIN_FLAGS ?=
 demo-model: install
