@@ -9,8 +9,11 @@ regions (its mask, or a box or contour drawn on the image), and linear probes (d
 attribute and readout, must tell its attributes from three readouts: the slow (ConvNeXt) map and the projected image
 tokens, each averaged over the entity's own pixels (the local evidence: measured, shapes are learnt several times
 faster this way than through a whole-image average), and the mean of all projected tokens (what a language model
-reading the tokens most easily finds). The captioning run (`finecaption train`) then starts from image tokens that
-already carry the region, and its language model only has to learn to read them.
+reading the tokens most easily finds). Given a weight, one more probe tells the texture's pattern with stripes
+split by direction (`PATTERN`): diagonal stripes share the checkerboard's strongest frequencies, and a texture probe
+has to put horizontal, vertical and diagonal stripes on one side of a line (measured: it lifts texture and costs
+category; benchmarks/README.md, item 12). The captioning run (`finecaption train`) then starts from
+image tokens that already carry the region, and its language model only has to learn to read them.
 """
 
 from __future__ import annotations
@@ -22,12 +25,34 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+PATTERN = "texture pattern"  # an extra probe target: the texture, stripes split by direction
+PATTERN_VALUES: tuple[str, ...] = (
+    "solid", "striped horizontal", "striped vertical", "striped diagonal", "dotted", "checkered",
+)  # fmt: skip
+
+
+def pattern_label(entity) -> str:
+    """`entity`'s texture, stripes named with their direction (`synth.Entity.pattern[0]`: 0, 1, 2)."""
+    if entity.texture != "striped":
+        return entity.texture
+    return f"striped {('horizontal', 'vertical', 'diagonal')[entity.pattern[0]]}"
+
+
+def probe_targets(attribute_weights: dict[str, float] | None = None) -> dict[str, tuple[str, ...]]:
+    """What the probes tell apart: the generator's parseable attributes, and `PATTERN` where `attribute_weights`
+    gives it a positive weight."""
+    from .synth import ATTRIBUTE_VALUES
+
+    extra = {PATTERN: PATTERN_VALUES} if (attribute_weights or {}).get(PATTERN, 0) > 0 else {}
+    return {**ATTRIBUTE_VALUES, **extra}
+
 
 def region_examples(seed: int, processor, styles: dict[str, float]) -> Iterator[tuple]:
-    """Endless `(pixel_values [3, S, S], mask_values [1, S, S], {attribute: value index}, entity_mask [1, S, S])`,
+    """Endless `(pixel_values [3, S, S], mask_values [1, S, S], {target: value index}, entity_mask [1, S, S])`,
     one per entity of the scenes `synth.make_scene(seed, 0)`, `(seed, 1)`, ...; each entity shown in a style drawn
     from `styles` (weights): "mask" gives the mask to the model, the drawn styles draw the region and give none
-    (`mask_values` all ones). `entity_mask` is the entity's mask as the processor resizes it, in every style."""
+    (`mask_values` all ones). `entity_mask` is the entity's mask as the processor resizes it, in every style; the
+    targets are the attributes and `PATTERN`."""
     import torch
     from PIL import Image
 
@@ -47,6 +72,7 @@ def region_examples(seed: int, processor, styles: dict[str, float]) -> Iterator[
             entity_mask = features["mask_values"][0]
             mask = entity_mask if style == "mask" else torch.ones_like(entity_mask)
             labels = {name: ATTRIBUTE_VALUES[name].index(value) for name, value in entity.values().items()}
+            labels[PATTERN] = PATTERN_VALUES.index(pattern_label(entity))
             yield features["pixel_values"][0], mask, labels, entity_mask
         index += 1
 
@@ -64,21 +90,22 @@ def pretrain_towers(
 ) -> list[float]:
     """Train `model`'s vision tower and projector (in place, float32) for `steps` steps of `batch_size` entities of
     scenes of `seed`; returns the loss of each step (the sum over attributes and readouts of the probes'
-    cross-entropy, each attribute's weighted by `attribute_weights`, 1 by default). The probes' accuracy over the last
-    50 steps is logged."""
+    cross-entropy, each target of `probe_targets(attribute_weights)` weighted by `attribute_weights`, 1 by default).
+    The probes' accuracy over the last 50 steps is logged."""
     import torch
     from tqdm.auto import tqdm
 
-    from .synth import ATTRIBUTE_VALUES, STYLE_WEIGHTS
+    from .synth import STYLE_WEIGHTS
 
     torch.manual_seed(seed)
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
-    attributes = list(ATTRIBUTE_VALUES)
+    classes = probe_targets(attribute_weights)
+    attributes = list(classes)
     widths = {"slow": model.config.slow_dims[-1], "tokens": model.config.text_config.hidden_size}
     widths["mean"] = widths["tokens"]
     probes = torch.nn.ModuleDict(
         {
-            f"{readout}_{i}": torch.nn.Linear(width, len(ATTRIBUTE_VALUES[name]))
+            f"{readout}_{i}": torch.nn.Linear(width, len(classes[name]))
             for readout, width in widths.items()
             for i, name in enumerate(attributes)
         }

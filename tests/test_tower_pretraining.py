@@ -8,7 +8,14 @@ import torch
 from PIL import Image
 
 from finecaption_plugin.synth import ATTRIBUTE_VALUES, make_scene
-from finecaption_plugin.tower_pretraining import pretrain_towers, region_examples
+from finecaption_plugin.tower_pretraining import (
+    PATTERN,
+    PATTERN_VALUES,
+    pattern_label,
+    pretrain_towers,
+    probe_targets,
+    region_examples,
+)
 
 
 def test_region_examples_show_each_entity_with_its_own_labels(processor):
@@ -17,11 +24,43 @@ def test_region_examples_show_each_entity_with_its_own_labels(processor):
     for entity in scene.entities:
         pixels, mask, labels, entity_mask = next(examples)
         assert pixels.shape[0] == 3
+        assert PATTERN_VALUES[labels.pop(PATTERN)] == pattern_label(entity)
         assert {name: ATTRIBUTE_VALUES[name][i] for name, i in labels.items()} == entity.values()
         expected = processor.image_processor(Image.fromarray(scene.image), masks=entity.mask, return_tensors="pt")
         assert torch.equal(mask, expected["mask_values"][0])
         assert torch.equal(entity_mask, mask)
     assert next(examples)[2]["color"] == ATTRIBUTE_VALUES["color"].index(make_scene(5, 1).entities[0].color)
+
+
+def _same_colour_fraction(image: np.ndarray, mask: np.ndarray, dy: int, dx: int) -> float:
+    """Among pairs of `mask` pixels (y, x), (y + dy, x + dx), the fraction whose colours in `image` are equal."""
+    ys, xs = np.nonzero(mask)
+    ys2, xs2 = ys + dy, xs + dx
+    inside = (ys2 >= 0) & (ys2 < mask.shape[0]) & (xs2 >= 0) & (xs2 < mask.shape[1])
+    ys, xs, ys2, xs2 = ys[inside], xs[inside], ys2[inside], xs2[inside]
+    both = mask[ys2, xs2]
+    return float(np.mean(np.all(image[ys[both], xs[both]] == image[ys2[both], xs2[both]], axis=-1)))
+
+
+def test_pattern_label_names_the_direction_the_stripes_run_in():
+    """Along the labelled direction a striped entity's neighbouring visible pixels keep their colour; across it
+    they change every half period."""
+    steps = {"striped horizontal": (0, 1), "striped vertical": (1, 0), "striped diagonal": (1, -1)}
+    seen = set()
+    for index in range(20):
+        scene = make_scene(3, index)
+        for entity in scene.entities:
+            label = pattern_label(entity)
+            if entity.texture != "striped":
+                assert label == entity.texture
+                continue
+            seen.add(label)
+            along = _same_colour_fraction(scene.image, entity.mask, *steps[label])
+            assert along > 0.97, (index, label, along)
+            for name, step in steps.items():
+                if name != label:
+                    assert _same_colour_fraction(scene.image, entity.mask, *step) < along - 0.05, (index, name)
+    assert seen == set(steps)
 
 
 def test_drawn_styles_give_no_mask_and_change_the_pixels(processor):
@@ -84,3 +123,7 @@ def test_attribute_weights_scale_each_attributes_probe_loss(tiny_checkpoint, pro
     without_color = first_loss({"color": 0.0})
     assert 0 < only_color < plain
     assert only_color + without_color == pytest.approx(plain, rel=1e-5)
+    # The pattern probe is opt-in: weighted, it adds its three readouts' cross-entropy (about ln 6 each at first).
+    assert PATTERN not in probe_targets() and PATTERN in probe_targets({PATTERN: 1.0})
+    with_pattern = first_loss({PATTERN: 1.0})
+    assert with_pattern - plain == pytest.approx(3 * np.log(len(PATTERN_VALUES)), rel=0.3)
