@@ -27,20 +27,23 @@ demo: install
 
 # Rebuilds the shipped model (finecaption_plugin/demo_model) from nothing: generated training scenes (seed 0), the
 # demo preset with a tokenizer learnt from their text and its towers pretrained on generated regions (the part
-# Alpha-CLIP's weights play for the full model; texture and category weighted, demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS),
-# a captioning run on the CPU with the whole pretrained vision side (CLIP, ConvNeXt, mask branch, adapters) kept
-# frozen (training the towers with the captioning loss erodes what they learnt) and the projector and language model
-# trained fully, then a float16 export. 49 min on the 2-core Intel Xeon it was built on; about 85 on a 2-core AMD EPYC,
-# whose steps are 1.7x slower (benchmarks/results/demo_model_training.log).
+# Alpha-CLIP's weights play for the full model) in two stages: category weighted, then texture
+# (demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS, DEMO_TOWER_REFINE_WEIGHTS); a captioning run on the CPU with the whole
+# pretrained vision side (CLIP, ConvNeXt, mask branch, adapters) kept frozen (training the towers with the captioning
+# loss erodes what they learnt) and the projector and language model trained fully, then a float16 export. About
+# 56 min on the 2-core Intel Xeon it was built on, about 95 on a 2-core AMD EPYC, whose steps are 1.7x slower
+# (benchmarks/results/demo_model_training.log).
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
 DEMO_TOWER_STEPS ?= 7000
+DEMO_REFINE_STEPS ?= 1500
 # More `finecaption train` flags (later ones win).
 DEMO_TRAIN_FLAGS ?=
 demo-model: install
 	$(VENV)/bin/finecaption synth $(DEMO_BUILD)/data --images $(DEMO_TRAIN_IMAGES) --seed 0 --format llava
-	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0 --tower-steps $(DEMO_TOWER_STEPS)
+	$(VENV)/bin/finecaption demo-init $(DEMO_BUILD)/init --seed 0 \
+	    --tower-steps $(DEMO_TOWER_STEPS) --refine-steps $(DEMO_REFINE_STEPS)
 	$(VENV)/bin/finecaption train --model_name_or_path $(DEMO_BUILD)/init --version llama3 \
 	    --data_path $(DEMO_BUILD)/data/train.json --image_folder $(DEMO_BUILD)/data \
 	    --output_dir $(DEMO_BUILD)/run --max_steps $(DEMO_STEPS) \

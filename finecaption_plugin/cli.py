@@ -182,10 +182,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _demo_init(args: argparse.Namespace) -> int:
     from .demo import create_demo_init
 
-    if args.tower_steps < 0:
-        return _input_error(f"--tower-steps {args.tower_steps}: expected 0 or more")
+    for flag, steps in (("--tower-steps", args.tower_steps), ("--refine-steps", args.refine_steps)):
+        if steps < 0:
+            return _input_error(f"{flag} {steps}: expected 0 or more")
     _log_progress()
-    print(create_demo_init(args.directory, seed=args.seed, tower_steps=args.tower_steps))
+    print(create_demo_init(args.directory, args.seed, args.tower_steps, args.refine_steps))
     return 0
 
 
@@ -345,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="steps of tower pretraining on generated scenes (finecaption_plugin.tower_pretraining); 0: none",
+    )
+    init.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="steps of the second, texture-weighted pretraining stage (demo.DEMO_TOWER_REFINE_WEIGHTS); 0: none",
     )
     export = _add(sub, "demo-export")
     export.add_argument("run", help="the training run's output folder")

@@ -88,7 +88,8 @@ def test_compositioncap_convert_names_the_bad_line_and_exits_2(tmp_path, capsys,
     assert "Traceback" not in error and not (tmp_path / "flat.jsonl").exists()
 
 
-def test_demo_init_refuses_negative_tower_steps_with_exit_2(tmp_path, capsys):
-    assert main(["demo-init", str(tmp_path / "init"), "--tower-steps", "-1"]) == 2
-    assert "--tower-steps -1" in capsys.readouterr().err
+@pytest.mark.parametrize("flag", ["--tower-steps", "--refine-steps"])
+def test_demo_init_refuses_negative_tower_steps_with_exit_2(tmp_path, capsys, flag):
+    assert main(["demo-init", str(tmp_path / "init"), flag, "-1"]) == 2
+    assert f"{flag} -1" in capsys.readouterr().err
     assert not (tmp_path / "init").exists()  # refused before anything was written

@@ -101,6 +101,38 @@ def test_demo_init_learns_a_tokenizer_for_the_generator_s_text(tmp_path):
     assert len(tokenizer.tokenize(TEMPLATES["llama3"].system)) < 50
 
 
+def test_demo_init_pretrains_the_towers_in_two_stages(tmp_path, monkeypatch):
+    """`--tower-steps` then `--refine-steps`: one model through both stages, each with its own weights, scenes and
+    learning rate, and the result saved."""
+    import torch
+
+    from finecaption_plugin import demo, tower_pretraining
+
+    calls = []
+
+    def fake_pretrain(model, processor, steps, seed=0, learning_rate=2e-3, attribute_weights=None, **kwargs):
+        calls.append((id(model), steps, seed, learning_rate, attribute_weights))
+        with torch.no_grad():
+            model.model.multi_modal_projector.linear_1.bias.add_(1.0)  # what the stage learnt
+        return [0.0] * steps
+
+    monkeypatch.setattr(tower_pretraining, "pretrain_towers", fake_pretrain)
+    path = create_demo_init(tmp_path / "init", seed=3, tower_steps=5, refine_steps=2)
+    assert [call[1:] for call in calls] == [
+        (5, 3, 2e-3, demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS),
+        (2, 4, demo.DEMO_TOWER_REFINE_LEARNING_RATE, demo.DEMO_TOWER_REFINE_WEIGHTS),
+    ]
+    assert calls[0][0] == calls[1][0]  # the second stage continues the first's model
+    for weights in (demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS, demo.DEMO_TOWER_REFINE_WEIGHTS):  # each key names a probe
+        assert set(weights) <= set(tower_pretraining.probe_targets(weights))
+    untrained = create_demo_init(tmp_path / "untrained", seed=3)
+    from safetensors.torch import load_file
+
+    key = next(k for k in load_file(path / "model.safetensors") if k.endswith("multi_modal_projector.linear_1.bias"))
+    difference = load_file(path / "model.safetensors")[key] - load_file(untrained / "model.safetensors")[key]
+    torch.testing.assert_close(difference, torch.full_like(difference, 2.0))  # both stages' changes were saved
+
+
 @pytest.mark.e2e
 def test_make_demo_path_reduced(tmp_path, capsys):
     """`make demo` = `finecaption demo`: generated test split, lmms-eval on compositioncap, table and galleries."""
