@@ -30,9 +30,9 @@ demo: install
 # Alpha-CLIP's weights play for the full model) in two stages: category weighted, then texture
 # (demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS, DEMO_TOWER_REFINE_WEIGHTS); a captioning run on the CPU with the whole
 # pretrained vision side (CLIP, ConvNeXt, mask branch, adapters) kept frozen (training the towers with the captioning
-# loss erodes what they learnt) and the projector and language model trained fully, then a float16 export. About
-# 56 min on the 2-core Intel Xeon it was built on, about 95 on a 2-core AMD EPYC, whose steps are 1.7x slower
-# (benchmarks/results/demo_model_training.log).
+# loss erodes what they learnt) and the projector and language model trained fully, then a float16 export. 50 min
+# on the 2-core Intel Xeon it was built on (a solo run with these step counts: benchmarks/results/
+# demo_model_timed_build.log), about 85-95 on a 2-core AMD EPYC, whose steps are 1.7x slower.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
