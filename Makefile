@@ -27,17 +27,17 @@ demo: install
 
 # Rebuilds the shipped model (finecaption_plugin/demo_model) from nothing: generated training scenes (seed 0), the
 # demo preset with a tokenizer learnt from their text and its towers pretrained on generated regions (the part
-# Alpha-CLIP's weights play for the full model) in two stages: category weighted, then texture
+# Alpha-CLIP's weights play for the full model) in two stages: texture weighted, then category
 # (demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS, DEMO_TOWER_REFINE_WEIGHTS); a captioning run on the CPU with the whole
 # pretrained vision side (CLIP, ConvNeXt, mask branch, adapters) kept frozen (training the towers with the captioning
-# loss erodes what they learnt) and the projector and language model trained fully, then a float16 export. 50 min
-# on the 2-core Intel Xeon it was built on (a solo run with these step counts: benchmarks/results/
-# demo_model_timed_build.log), about 85-95 on a 2-core AMD EPYC, whose steps are 1.7x slower.
+# loss erodes what they learnt) and the projector and language model trained fully, then a float16 export. About 57
+# min on the 2-core Intel Xeon it was built on (from a solo run's measured step times: benchmarks/README.md, item
+# 17), about 95-100 on a 2-core AMD EPYC, whose steps are 1.7x slower.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
-DEMO_TOWER_STEPS ?= 7000
-DEMO_REFINE_STEPS ?= 1500
+DEMO_TOWER_STEPS ?= 5500
+DEMO_REFINE_STEPS ?= 4500
 # More `finecaption train` flags (later ones win).
 DEMO_TRAIN_FLAGS ?=
 demo-model: install

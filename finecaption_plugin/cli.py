@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-steps",
         type=int,
         default=0,
-        help="steps of the second, texture-weighted pretraining stage (demo.DEMO_TOWER_REFINE_WEIGHTS); 0: none",
+        help="steps of the second, category-weighted pretraining stage (demo.DEMO_TOWER_REFINE_WEIGHTS); 0: none",
     )
     export = _add(sub, "demo-export")
     export.add_argument("run", help="the training run's output folder")

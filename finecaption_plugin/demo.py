@@ -17,11 +17,12 @@ DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 STORAGE_DTYPE = "float16"
 # Tower pretraining (`tower_pretraining`) in two stages, each with its weight on each probe's loss (others 1);
 # category and texture are what the towers learn last, and one trades against the other (benchmarks/README.md,
-# items 7, 12 and 13). From nothing, category weighted most, the stripes' direction told apart (`PATTERN`); then a
-# shorter stage on other scenes at half the learning rate, texture weighted most. ("texture pattern" is
+# items 12-17). Texture must be learnt first, from nothing: once category is, the ConvNeXt does not learn texture
+# any more. So the first stage weights texture and the stripes' direction (`PATTERN`) most; then a stage on other
+# scenes at half the learning rate weights category most, and texture holds. ("texture pattern" is
 # `tower_pretraining.PATTERN`, spelt out so that importing this module stays light.)
-DEMO_TOWER_ATTRIBUTE_WEIGHTS = {"materials/texture": 1.0, "texture pattern": 2.0, "category name": 3.0}
-DEMO_TOWER_REFINE_WEIGHTS = {"materials/texture": 3.0, "texture pattern": 3.0, "category name": 2.0}
+DEMO_TOWER_ATTRIBUTE_WEIGHTS = {"materials/texture": 3.0, "texture pattern": 3.0, "category name": 2.0}
+DEMO_TOWER_REFINE_WEIGHTS = {"materials/texture": 1.0, "texture pattern": 2.0, "category name": 3.0}
 DEMO_TOWER_REFINE_LEARNING_RATE = 1e-3
 
 

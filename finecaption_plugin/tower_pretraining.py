@@ -12,7 +12,7 @@ faster this way than through a whole-image average), and the mean of all project
 reading the tokens most easily finds). Given a weight, one more probe tells the texture's pattern with stripes
 split by direction (`PATTERN`): diagonal stripes share the checkerboard's strongest frequencies, and a texture probe
 has to put horizontal, vertical and diagonal stripes on one side of a line (measured: it lifts texture and costs
-category; the shipped demo recipe weights it in two stages: benchmarks/README.md, items 12-13). The captioning run
+category; the shipped demo recipe weights it in two stages: benchmarks/README.md, items 12-17). The captioning run
 (`finecaption train`) then starts from image tokens that already carry the region, and its language model only has
 to learn to read them.
 """
