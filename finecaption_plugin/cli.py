@@ -180,12 +180,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_init(args: argparse.Namespace) -> int:
+    from .allocator import keep_freed_memory
     from .demo import create_demo_init
 
     for flag, steps in (("--tower-steps", args.tower_steps), ("--refine-steps", args.refine_steps)):
         if steps < 0:
             return _input_error(f"{flag} {steps}: expected 0 or more")
     _log_progress()
+    keep_freed_memory()
     print(create_demo_init(args.directory, args.seed, args.tower_steps, args.refine_steps))
     return 0
 

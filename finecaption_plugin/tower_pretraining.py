@@ -63,18 +63,25 @@ def region_examples(seed: int, processor, styles: dict[str, float]) -> Iterator[
     rng = np.random.default_rng([seed, 7])
     names, weights = list(styles), np.array(list(styles.values()), dtype=float)
     index = 0
+    image_processor = processor.image_processor
     while True:
         scene = make_scene(seed, index)
-        picture = Image.fromarray(scene.image)
+        picture = Image.fromarray(scene.image).convert("RGB")
+        scene_pixels = None  # the mask style shows the scene itself: processed once for all its entities
         for entity in scene.entities:
             style = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-            shown = picture if style == "mask" else render_visual_prompt(picture, entity.mask, style, "")[0]
-            features = processor.image_processor(shown.convert("RGB"), masks=entity.mask, return_tensors="pt")
-            entity_mask = features["mask_values"][0]
+            if style == "mask":
+                if scene_pixels is None:
+                    scene_pixels = torch.from_numpy(image_processor.preprocess_image(picture))
+                pixels = scene_pixels
+            else:
+                shown = render_visual_prompt(picture, entity.mask, style, "")[0].convert("RGB")
+                pixels = torch.from_numpy(image_processor.preprocess_image(shown))
+            entity_mask = torch.from_numpy(image_processor.preprocess_mask(entity.mask, picture))
             mask = entity_mask if style == "mask" else torch.ones_like(entity_mask)
             labels = {name: ATTRIBUTE_VALUES[name].index(value) for name, value in entity.values().items()}
             labels[PATTERN] = PATTERN_VALUES.index(pattern_label(entity))
-            yield features["pixel_values"][0], mask, labels, entity_mask
+            yield pixels, mask, labels, entity_mask
         index += 1
 
 

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from finecaption_plugin.allocator import keep_freed_memory
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
@@ -332,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from finecaption_plugin.data import DataError
 
     model_args, data_args, training_args = parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,

@@ -32,6 +32,34 @@ def test_region_examples_show_each_entity_with_its_own_labels(processor):
     assert next(examples)[2]["color"] == ATTRIBUTE_VALUES["color"].index(make_scene(5, 1).entities[0].color)
 
 
+def test_region_examples_match_the_processor_in_every_style(processor):
+    """The scene is processed once for all its mask-style entities: the pixels must still be what the processor
+    makes of the image each entity is shown in."""
+    from finecaption_plugin.visual_prompts import render_visual_prompt
+
+    styles = {"mask": 1.0, "bbox": 1.0, "contour": 1.0}
+    examples = region_examples(2, processor, styles)
+    shown_styles = []
+    for index in range(3):
+        scene = make_scene(2, index)
+        picture = Image.fromarray(scene.image)
+        for entity in scene.entities:
+            pixels, mask, _, entity_mask = next(examples)
+            expected = {
+                style: processor.image_processor(
+                    picture if style == "mask" else render_visual_prompt(picture, entity.mask, style, "")[0],
+                    masks=entity.mask,
+                    return_tensors="pt",
+                )
+                for style in styles
+            }
+            style = next(name for name, got in expected.items() if torch.equal(pixels, got["pixel_values"][0]))
+            shown_styles.append(style)
+            assert torch.equal(entity_mask, expected[style]["mask_values"][0])
+            assert torch.equal(mask, entity_mask if style == "mask" else torch.ones_like(entity_mask))
+    assert set(shown_styles) == set(styles) and shown_styles.count("mask") > 1
+
+
 def _same_colour_fraction(image: np.ndarray, mask: np.ndarray, dy: int, dx: int) -> float:
     """Among pairs of `mask` pixels (y, x), (y + dy, x + dx), the fraction whose colours in `image` are equal."""
     ys, xs = np.nonzero(mask)
