@@ -30,9 +30,9 @@ demo: install
 # Alpha-CLIP's weights play for the full model) in two stages: texture weighted, then category
 # (demo.DEMO_TOWER_ATTRIBUTE_WEIGHTS, DEMO_TOWER_REFINE_WEIGHTS); a captioning run on the CPU with the whole
 # pretrained vision side (CLIP, ConvNeXt, mask branch, adapters) kept frozen (training the towers with the captioning
-# loss erodes what they learnt) and the projector and language model trained fully, then a float16 export. 57-65
-# min on the 2-core Intel Xeon it was built on, estimated from measured step times, not timed solo (benchmarks/
-# README.md, item 17), about 95-100 on a 2-core AMD EPYC, whose steps are 1.7x slower.
+# loss erodes what they learnt) and the projector and language model trained fully, then a float16 export. 57:49
+# on the 2-core Intel Xeon, timed solo (benchmarks/README.md, item 18), about 95-100 min on a 2-core AMD EPYC, whose
+# steps are 1.7x slower.
 DEMO_BUILD ?= build/demo-model
 DEMO_TRAIN_IMAGES ?= 3000
 DEMO_STEPS ?= 2100
